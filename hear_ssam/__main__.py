@@ -1,0 +1,61 @@
+"""Command line: convert official checkpoints, make random-init ones, inspect any.
+
+    python -m hear_ssam convert checkpoint-99.pth ssam_tiny.safetensors [--token-order official]
+    python -m hear_ssam init ssam-tiny random_tiny.safetensors [--seed 0]
+    python -m hear_ssam info ssam_tiny.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .encoder import PRESETS, SSAMEncoder
+from .runtime import TOKEN_ORDERS
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hear_ssam", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert", help="official .pth (or ours) -> hear_ssam .safetensors")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--token-order", choices=TOKEN_ORDERS, default="time-major",
+                   help="frame layout the HEAR API uses for this checkpoint")
+    i = sub.add_parser("init", help="a randomly initialised checkpoint of a preset")
+    i.add_argument("preset", choices=sorted(PRESETS))
+    i.add_argument("dst")
+    i.add_argument("--seed", type=int, default=0)
+    n = sub.add_parser("info", help="print a checkpoint's config and parameter count")
+    n.add_argument("path")
+    args = p.parse_args(argv)
+
+    try:
+        if args.cmd == "convert":
+            encoder, config = load_checkpoint(args.src)
+            prov = dict(config.get("provenance", {}), converted_from=args.src)
+            save_checkpoint(args.dst, encoder, args.token_order, prov)
+            print(f"wrote {args.dst}: {encoder.cfg.arch} width {encoder.cfg.embed_dim}, "
+                  f"{encoder.num_trainable_parameters():,} parameters, token order {args.token_order}")
+        elif args.cmd == "init":
+            torch.manual_seed(args.seed)
+            encoder = SSAMEncoder(PRESETS[args.preset])
+            save_checkpoint(args.dst, encoder, provenance={
+                "weights": f"random init, seed {args.seed}", "preset": args.preset})
+            print(f"wrote {args.dst}: random-init {args.preset} (seed {args.seed})")
+        else:
+            encoder, config = load_checkpoint(args.path)
+            config["trainable_parameters"] = encoder.num_trainable_parameters()
+            print(json.dumps(config, indent=2))
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

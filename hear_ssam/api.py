@@ -1,0 +1,92 @@
+"""The HEAR 2021 API: load_model, get_timestamp_embeddings, get_scene_embeddings."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Tuple
+
+import torch
+
+from .checkpoint import load_checkpoint, make_config
+from .encoder import PRESETS, SSAMEncoder
+from .frontend import SAMPLE_RATE
+from .runtime import HearSSAM
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "ssam_tiny.safetensors"
+RANDOM_INIT_SEED = 0
+
+
+def load_model(model_file_path: str = "", token_order: str | None = None,
+               chunk_batch_size: int = 16) -> HearSSAM:
+    """A HEAR model in eval mode, from our .safetensors, an official .pth, or the default.
+
+    token_order: None keeps the checkpoint's own ("time-major" unless it says otherwise);
+    "official" reproduces the released HEAR runtime's frame layout exactly.
+    """
+    if model_file_path:
+        encoder, config = load_checkpoint(model_file_path)
+    elif DEFAULT_CHECKPOINT.exists():
+        encoder, config = load_checkpoint(DEFAULT_CHECKPOINT)
+    else:
+        warnings.warn("hear_ssam: no bundled checkpoint in this install; using a randomly "
+                      f"initialised ssam-tiny (seed {RANDOM_INIT_SEED}). Its embeddings are "
+                      "random features, not a pretrained model.", stacklevel=2)
+        torch.manual_seed(RANDOM_INIT_SEED)
+        encoder = SSAMEncoder(PRESETS["ssam-tiny"])
+        config = make_config(encoder.cfg, provenance={"weights": f"random init, seed {RANDOM_INIT_SEED}"})
+    order = token_order or config.get("token_order", "time-major")
+    return HearSSAM(encoder, order, chunk_batch_size, config).eval()
+
+
+def _check(audio, model) -> None:
+    """Reject bad input with a message that names the problem (before torch does, obscurely)."""
+    if not isinstance(model, HearSSAM):
+        raise TypeError(f"model must come from hear_ssam.load_model(), got {type(model).__name__}")
+    if not isinstance(audio, torch.Tensor):
+        raise TypeError(f"audio must be a torch.Tensor [n_sounds, n_samples], got "
+                        f"{type(audio).__module__}.{type(audio).__name__}")
+    if model.sample_rate != SAMPLE_RATE:
+        raise ValueError(f"model.sample_rate was set to {model.sample_rate}, but SSAM only "
+                         f"works on {SAMPLE_RATE} Hz audio: leave it at {SAMPLE_RATE} and resample "
+                         f"instead, e.g. torchaudio.functional.resample(audio, sr, {SAMPLE_RATE})")
+    if audio.dtype != torch.float32:
+        hint = ("integer PCM: convert to float32 in [-1, 1], e.g. audio.float() / 32768"
+                if not audio.dtype.is_floating_point else "convert with audio.float()")
+        raise TypeError(f"audio must be float32, got {audio.dtype} ({hint})")
+    if audio.ndim != 2:
+        hint = " (a single clip: use audio.unsqueeze(0))" if audio.ndim == 1 else \
+            " (multi-channel? mix down to mono first)" if audio.ndim == 3 else ""
+        raise ValueError(f"audio must have 2 dimensions [n_sounds, n_samples], got shape "
+                         f"{tuple(audio.shape)}{hint}")
+    n, n_samples = audio.shape
+    if n == 0:
+        raise ValueError("audio batch is empty: shape (0, n_samples)")
+    if n_samples == 0:
+        raise ValueError("audio clips are empty: zero-length clip (n_samples == 0)")
+    if n_samples < model.frontend.min_samples:
+        hint = " (is it [n_samples, n_channels]? transpose it)" if n > n_samples else ""
+        raise ValueError(f"audio clips of {n_samples} samples are too short: need at least "
+                         f"{model.frontend.min_samples} samples at {SAMPLE_RATE} Hz{hint}")
+    if audio.device != model.device:
+        raise ValueError(f"audio is on {audio.device} but the model is on {model.device}: "
+                         "move one of them (model.to(audio.device))")
+    bad = ~torch.isfinite(audio).all(dim=1)
+    if bad.any():
+        idx = bad.nonzero().flatten().tolist()
+        raise ValueError(f"audio contains NaN or Inf values in clip(s) {idx[:10]}")
+
+
+def get_timestamp_embeddings(audio: torch.Tensor, model: HearSSAM) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(float32 [n, frames, 5*D], centred timestamps [n, frames] in ms, 40 ms hop)."""
+    _check(audio, model)
+    with torch.no_grad():
+        frames, stamps = model.frame_embeddings(audio)
+    return frames.float(), stamps
+
+
+def get_scene_embeddings(audio: torch.Tensor, model: HearSSAM) -> torch.Tensor:
+    """float32 [n, 5*D]: the mean of the clip's frame embeddings."""
+    _check(audio, model)
+    with torch.no_grad():
+        frames, _ = model.frame_embeddings(audio)
+    return frames.mean(dim=1).float()

@@ -1,0 +1,118 @@
+"""HEAR runtime: whole clips -> 2 s chunks -> encoder -> 40 ms frames / clip embeddings.
+
+Token orders
+- "time-major" (default): output frame t concatenates the 5 frequency patches of time step t.
+- "official": the released code's reshape `'b (f t) d -> b t (f d)'`, which treats the
+  time-major tokens as frequency-major, so "frame" i mixes tokens 0.4 s apart; its padding
+  (a full extra chunk when T is a multiple of 200) and trim are reproduced as well.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+
+from .encoder import EncoderConfig, SSAMEncoder
+from .frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontend
+
+TOKEN_ORDERS = ("time-major", "official")
+
+
+class HearSSAM(nn.Module):
+    """What `load_model` returns: frontend + encoder + the HEAR attributes (plain ints)."""
+
+    def __init__(self, encoder: SSAMEncoder, token_order: str = "time-major",
+                 chunk_batch_size: int = 16, config: dict | None = None):
+        super().__init__()
+        if token_order not in TOKEN_ORDERS:
+            raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {token_order!r}")
+        self.frontend = LogMelFrontend(n_mels=encoder.cfg.n_mels)
+        self.encoder = encoder
+        self.token_order = token_order
+        self.chunk_batch_size = int(chunk_batch_size)  # 2 s chunks per encoder call
+        self.config = dict(config or {})
+        self.sample_rate = SAMPLE_RATE
+        self.timestamp_embedding_size = int(encoder.cfg.frame_embedding_size)
+        self.scene_embedding_size = int(encoder.cfg.frame_embedding_size)
+        cfg = encoder.cfg
+        self.frame_hop_ms = 1000.0 * HOP_LENGTH * cfg.patch_time / SAMPLE_RATE  # 40 ms
+        # A patch covers mel frames 4i..4i+3, centred at (4i + 1.5) * 10 ms.
+        self.frame_offset_ms = 1000.0 * HOP_LENGTH * (cfg.patch_time - 1) / 2 / SAMPLE_RATE
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.cls_token.device
+
+    def chunk_frames(self, spec: torch.Tensor, pad: int) -> torch.Tensor:
+        """[n, 1, T, F] -> [n * C, 1, crop, F]: zero-pad `pad` frames, split into 2 s chunks.
+
+        Chunks are encoded independently (no state is carried across them), as in the paper.
+        """
+        crop = self.encoder.cfg.crop_frames
+        spec = nn.functional.pad(spec, (0, 0, 0, pad))
+        n, _, Tp, F = spec.shape
+        return spec.view(n, 1, Tp // crop, crop, F).transpose(1, 2).reshape(-1, 1, crop, F)
+
+    def tokens_to_frames(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, N, D] encoded patches -> [B, N / n_f, n_f * D] frames."""
+        n_f = self.encoder.cfg.grid[1]
+        B, N, D = tokens.shape
+        if self.token_order == "official":
+            tokens = tokens.view(B, n_f, N // n_f, D).transpose(1, 2)
+        return tokens.reshape(B, N // n_f, n_f * D)
+
+    def encode(self, chunks: torch.Tensor) -> torch.Tensor:
+        """Frames [B, n_t, n_f * D] of chunks [B, 1, frames, F], `chunk_batch_size` at a time."""
+        out = [self.tokens_to_frames(self.encoder(chunks[i:i + self.chunk_batch_size]))
+               for i in range(0, chunks.shape[0], self.chunk_batch_size)]
+        return torch.cat(out)
+
+    def clip_frames(self, spec: torch.Tensor) -> torch.Tensor:
+        """[n, 1, T, F] normalised log-mels -> [n, n_out, n_f * D] frames before trimming."""
+        n, crop, pt = spec.shape[0], self.encoder.cfg.crop_frames, self.encoder.cfg.patch_time
+        T = spec.shape[2]
+        if self.token_order == "official":  # always pads, a whole extra chunk if T % crop == 0
+            return self.encode(self.chunk_frames(spec, crop - T % crop)).reshape(n, -1, self.timestamp_embedding_size)
+        if not self.encoder.is_causal:
+            return self.encode(self.chunk_frames(spec, (-T) % crop)).reshape(n, -1, self.timestamp_embedding_size)
+        # Causal encoder: the last chunk's padding cannot change its real tokens, so encode
+        # that chunk cut to its real frames (rounded up to whole patches).
+        n_full = (T - 1) // crop
+        parts = []
+        if n_full:
+            full = self.chunk_frames(spec[:, :, :n_full * crop], 0)
+            parts.append(self.encode(full).reshape(n, -1, self.timestamp_embedding_size))
+        tail = spec[:, :, n_full * crop:]
+        tail = nn.functional.pad(tail, (0, 0, 0, (-tail.shape[2]) % pt))
+        parts.append(self.encode(tail))
+        return torch.cat(parts, dim=1)
+
+    def frame_embeddings(self, audio: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """[n, samples] -> (frames [n, n_frames, D_t], centred timestamps [n, n_frames] in ms)."""
+        n, n_samples = audio.shape
+        spec = self.frontend(audio)
+        frames = self.clip_frames(spec)
+        duration_ms = 1000.0 * n_samples / SAMPLE_RATE
+        if self.token_order == "official":
+            crop, n_t = self.encoder.cfg.crop_frames, self.encoder.cfg.grid[0]
+            pad = crop - spec.shape[2] % crop
+            n_keep = frames.shape[1] - int(n_t * pad / crop)
+            stamps = (torch.arange(n_keep, dtype=torch.float64) + 0.5) * (duration_ms / n_keep)
+        else:
+            n_keep = self.n_frames(n_samples)
+            stamps = self.frame_offset_ms + self.frame_hop_ms * torch.arange(n_keep, dtype=torch.float64)
+            if n_keep == 1:
+                stamps = stamps.clamp(max=duration_ms / 2)
+        frames = frames[:, :n_keep]
+        stamps = stamps.to(torch.float32).to(audio.device).expand(n, -1).contiguous()
+        return frames, stamps
+
+    def n_frames(self, n_samples: int) -> int:
+        """Frames whose centre lies inside the clip (so the last is within one hop of the end)."""
+        duration_ms = 1000.0 * n_samples / SAMPLE_RATE
+        n_mel = n_samples // HOP_LENGTH + 1
+        available = math.ceil(n_mel / self.encoder.cfg.patch_time)
+        inside = math.floor((duration_ms - self.frame_offset_ms) / self.frame_hop_ms) + 1
+        return max(1, min(available, inside))

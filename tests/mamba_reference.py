@@ -1,0 +1,29 @@
+"""Load mamba_ssm's pure-PyTorch references from an installed mamba-ssm without its kernels.
+
+`import mamba_ssm` runs `mamba_ssm/__init__.py`, which needs the compiled
+`selective_scan_cuda`. We register an empty package object whose __path__ points at the
+installed files, so submodules import from disk while __init__ never runs, and stand in
+an empty module for `selective_scan_cuda` (only the fused path would call into it).
+"""
+import importlib
+import importlib.util
+import sys
+import types
+
+
+def load():
+    spec = importlib.util.find_spec("mamba_ssm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    if "mamba_ssm" not in sys.modules or not hasattr(sys.modules["mamba_ssm"], "_hear_ssam_stub"):
+        pkg = types.ModuleType("mamba_ssm")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        pkg._hear_ssam_stub = True
+        sys.modules["mamba_ssm"] = pkg
+        sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+    ssi = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+    simple = importlib.import_module("mamba_ssm.modules.mamba_simple")
+    # Its non-fused path calls selective_scan_fn (CUDA); route it to mamba_ssm's own reference.
+    simple.selective_scan_fn = ssi.selective_scan_ref
+    simple.causal_conv1d_fn = None
+    return types.SimpleNamespace(selective_scan_ref=ssi.selective_scan_ref, Mamba=simple.Mamba)

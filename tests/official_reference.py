@@ -1,0 +1,77 @@
+"""An independent statement of the official SSAM HEAR runtime, for parity tests.
+
+The model is assembled from mamba_ssm's own `Mamba` module (its pure-torch reference
+path) with the official Block order (add -> LayerNorm -> mixer, fp32 residual), and the
+runtime follows the released hear_api: per-clip normalised log-mel, pad by
+200 - T % 200 frames, independent 2 s chunks, `'b (f t) d -> b t (f d)'`, trim
+int(50 * pad / 200) frames, mean for the scene embedding. Nothing here imports the code
+under test except to copy weights in.
+"""
+import torch
+import torch.nn as nn
+import torchaudio
+from einops import rearrange
+
+
+class OfficialBlock(nn.Module):
+    def __init__(self, dim, mixer):
+        super().__init__()
+        self.mixer = mixer
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, hidden, residual):
+        residual = hidden if residual is None else residual + hidden
+        hidden = self.norm(residual.to(self.norm.weight.dtype))
+        return self.mixer(hidden), residual.to(torch.float32)
+
+
+class OfficialSSAM(nn.Module):
+    def __init__(self, mamba_cls, dim=192, depth=12):
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(1, dim, kernel_size=(4, 16), stride=(4, 16))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 251, dim), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            OfficialBlock(dim, mamba_cls(d_model=dim, d_state=24, d_conv=4, expand=3))
+            for _ in range(depth))
+        self.encoder_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pred = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 64))
+        self.embed_dim = dim
+
+    def forward_features(self, x):
+        x = self.patch_embed.proj(x)  # [B, D, 50, 5]
+        x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, self.embed_dim)  # time first
+        x = x + self.pos_embed[:, 1:, :]
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = torch.cat((cls, x), dim=1)
+        hidden, residual = x, None
+        for blk in self.blocks:
+            hidden, residual = blk(hidden, residual)
+        x = self.encoder_norm((residual + hidden).to(self.encoder_norm.weight.dtype))
+        return rearrange(x[:, 1:], "b (f t) d -> b t (f d)", f=5, d=self.embed_dim)
+
+
+def official_log_mel(audio):
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate=16000, n_fft=400, win_length=400, hop_length=160,
+        f_min=50.0, f_max=8000.0, n_mels=80, power=2.0)
+    x = (mel(audio) + torch.finfo().eps).log()
+    x = (x - x.mean([1, 2], keepdim=True)) / (x.std([1, 2], keepdim=True) + 1e-8)
+    return x.transpose(-2, -1).unsqueeze(1)
+
+
+@torch.no_grad()
+def official_embeddings(model, audio):
+    """Timestamp embeddings of the released runtime (batch size 1, as it forces)."""
+    out = []
+    for clip in audio:
+        x = official_log_mel(clip.unsqueeze(0))
+        pad = 200 - x.shape[-2] % 200
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+        emb = torch.hstack([model.forward_features(x[:, :, i * 200:(i + 1) * 200])
+                            for i in range(x.shape[-2] // 200)])
+        trim = int(50 * pad / 200)
+        out.append(emb[:, :-trim] if trim > 0 else emb)
+    return torch.cat(out)

@@ -1,0 +1,203 @@
+"""Checkpoints: our safetensors format, official .pth files, converter, parity, errors."""
+import argparse
+import pickle
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import hear_ssam
+from hear_ssam.__main__ import main as cli
+from conftest import noise
+from official_reference import OfficialSSAM, official_embeddings
+
+
+def _fake_ml_collections():
+    """A stand-in ConfigDict class living at ml_collections' real import path, so that the
+    pickled 'args' reference the same globals the released checkpoints do."""
+    mod = types.ModuleType("ml_collections.config_dict.config_dict")
+
+    class ConfigDict(dict):
+        pass
+
+    ConfigDict.__module__ = mod.__name__
+    ConfigDict.__qualname__ = "ConfigDict"
+    mod.ConfigDict = ConfigDict
+    for name in ("ml_collections", "ml_collections.config_dict"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules[mod.__name__] = mod
+    return ConfigDict
+
+
+def write_official(path, encoder, extra=None):
+    """The official torch.save layout: model/optimizer/epoch/scaler/args."""
+    ConfigDict = _fake_ml_collections()
+    cfg = ConfigDict(model=ConfigDict(arch="mamba_ssast_tiny"), batch_size=256)
+    blob = {"model": encoder.state_dict(), "optimizer": {"state": {}, "param_groups": []},
+            "epoch": 99, "scaler": {"scale": 65536.0}, "args": argparse.Namespace(config=cfg)}
+    blob.update(extra or {})
+    torch.save(blob, path)
+    for name in list(sys.modules):
+        if name.startswith("ml_collections"):
+            del sys.modules[name]  # the loader must not need ml_collections
+
+
+@pytest.fixture(scope="module")
+def official_file(tmp_path_factory):
+    torch.manual_seed(1)
+    enc = hear_ssam.SSAMEncoder(hear_ssam.PRESETS["ssam-tiny"])
+    path = tmp_path_factory.mktemp("official") / "checkpoint-99.pth"
+    write_official(path, enc)
+    return path, enc
+
+
+def test_plain_weights_only_load_refuses_the_official_layout(official_file):
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(official_file[0], weights_only=True)
+
+
+def test_official_pth_loads_with_the_restricted_unpickler(official_file):
+    path, enc = official_file
+    model = hear_ssam.load_model(str(path))
+    assert model.encoder.cfg == hear_ssam.PRESETS["ssam-tiny"]
+    for k, v in enc.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[k], v), k
+
+
+def test_hostile_pickle_runs_no_code(tmp_path, official_file):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("open(%r, 'w').write('pwned')" % str(tmp_path / "pwned"),))
+    _, enc = official_file
+    path = tmp_path / "evil.pth"
+    write_official(path, enc, {"args": Evil()})
+    hear_ssam.load_model(str(path))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_official_order_reproduces_the_official_runtime(official_file, mamba_ref):
+    """Embeddings with token_order='official' equal the released hear_api's, computed by
+    an independent model built from mamba_ssm's own Mamba module (reference scan)."""
+    path, enc = official_file
+    reference = OfficialSSAM(mamba_ref.Mamba).eval()
+    reference.load_state_dict(enc.state_dict(), strict=True)
+    ours = hear_ssam.load_model(str(path), token_order="official")
+    for seconds in (1.3, 1.99, 4.4):  # 1.99 s: T = 200 frames, a whole padding chunk
+        audio = noise(2, seconds, seed=int(seconds * 10))
+        want = official_embeddings(reference, audio)
+        got, ts = hear_ssam.get_timestamp_embeddings(audio, ours)
+        assert got.shape == want.shape, seconds
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(hear_ssam.get_scene_embeddings(audio, ours), want.mean(1),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_time_major_order_reproduces_the_official_model_per_token(official_file, mamba_ref):
+    """Default order: same tokens as the official model, laid out time-major."""
+    path, enc = official_file
+    reference = OfficialSSAM(mamba_ref.Mamba).eval()
+    reference.load_state_dict(enc.state_dict(), strict=True)
+    ours = hear_ssam.load_model(str(path))
+    audio = noise(1, 2.3, seed=5)
+    spec = ours.frontend(audio)
+    with torch.no_grad():
+        got = ours.encoder(spec[:, :, :200])
+        ref_frames = reference.forward_features(spec[:, :, :200])  # (f t) layout
+    # undo 'b (f t) d -> b t (f d)': token k = f * 50 + t in their reading
+    want = ref_frames.reshape(1, 50, 5, 192).transpose(1, 2).reshape(1, 250, 192)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_convert_round_trip_keeps_weights_and_token_order(tmp_path, official_file, capsys):
+    path, enc = official_file
+    out = tmp_path / "ssam_tiny.safetensors"
+    assert cli(["convert", str(path), str(out), "--token-order", "official"]) == 0
+    model = hear_ssam.load_model(str(out))
+    assert model.token_order == "official"
+    assert model.config["provenance"]["converted_from"] == str(path)
+    for k, v in enc.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[k], v), k
+    assert cli(["info", str(out)]) == 0
+    assert '"trainable_parameters": 4760512' in capsys.readouterr().out
+
+
+def test_init_writes_each_preset(tmp_path):
+    for preset in ("ssam-tiny", "ssast-tiny"):
+        out = tmp_path / f"{preset}.safetensors"
+        assert cli(["init", preset, str(out), "--seed", "3"]) == 0
+        model = hear_ssam.load_model(str(out))
+        assert model.encoder.cfg == hear_ssam.PRESETS[preset]
+        assert model.config["provenance"]["weights"] == "random init, seed 3"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(hear_ssam.CheckpointError, match="nope.safetensors: checkpoint file does not exist"):
+        hear_ssam.load_model(str(tmp_path / "nope.safetensors"))
+
+
+def test_unknown_file_type(tmp_path):
+    p = tmp_path / "model.onnx"
+    p.write_bytes(b"\x08\x01garbage")
+    with pytest.raises(hear_ssam.CheckpointError, match="model.onnx: unknown checkpoint type '.onnx'"):
+        hear_ssam.load_model(str(p))
+
+
+def test_corrupt_files(tmp_path):
+    p = tmp_path / "broken.safetensors"
+    p.write_bytes(b"\xff" * 100)
+    with pytest.raises(hear_ssam.CheckpointError, match="broken.safetensors: not a readable safetensors"):
+        hear_ssam.load_model(str(p))
+    q = tmp_path / "broken.pth"
+    q.write_bytes(b"PK\x03\x04" + b"\x00" * 50)
+    with pytest.raises(hear_ssam.CheckpointError, match="broken.pth"):
+        hear_ssam.load_model(str(q))
+
+
+def test_foreign_safetensors_without_config(tmp_path):
+    p = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(p))
+    with pytest.raises(hear_ssam.CheckpointError, match="no 'hear_ssam' config.*convert"):
+        hear_ssam.load_model(str(p))
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path, official_file):
+    _, enc = official_file
+    sd = enc.state_dict()
+    sd.pop("blocks.3.mixer.D")
+    sd["blocks.3.mixer.extra"] = torch.zeros(1)
+    path = tmp_path / "bad.pth"
+    torch.save({"model": sd}, path)
+    with pytest.raises(hear_ssam.CheckpointError,
+                       match=r"bad.pth.*missing keys \['blocks.3.mixer.D'\].*unexpected keys \['blocks.3.mixer.extra'\]"):
+        hear_ssam.load_model(str(path))
+
+
+def test_shape_mismatch_is_named(tmp_path, official_file):
+    _, enc = official_file
+    hear_ssam.save_checkpoint(tmp_path / "ok.safetensors", enc)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "ok.safetensors"), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors["encoder_norm.weight"] = torch.ones(7)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(hear_ssam.CheckpointError,
+                       match=r"bad.safetensors: key 'encoder_norm.weight' has shape \(7,\), the model expects \(192,\)"):
+        hear_ssam.load_model(str(tmp_path / "bad.safetensors"))
+
+
+def test_not_a_model_state_dict(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, path)
+    with pytest.raises(hear_ssam.CheckpointError, match="other.pth: not an SSAM/SSAST state dict"):
+        hear_ssam.load_model(str(path))
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "hear_ssam", "info", str(tmp_path / "x.pth")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "x.pth: checkpoint file does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,108 @@
+import math
+
+import pytest
+import torch
+
+from hear_ssam import PRESETS, EncoderConfig, SSAMEncoder
+from hear_ssam.encoder import sincos_pos_embed_2d
+
+
+@pytest.mark.parametrize("preset,millions", [("ssam-tiny", 4.76), ("ssam-small", 17.89), ("ssam-base", 69.25)])
+def test_trainable_parameters_match_the_paper(preset, millions):
+    enc = SSAMEncoder(PRESETS[preset])
+    assert round(enc.num_trainable_parameters() / 1e6, 2) == millions
+
+
+def test_state_dict_has_the_official_layout():
+    D, E, R = 192, 576, 12
+    sd = SSAMEncoder(PRESETS["ssam-tiny"]).state_dict()
+    want = {"cls_token": (1, 1, D), "pos_embed": (1, 251, D), "mask_token": (1, 1, D),
+            "patch_embed.proj.weight": (D, 1, 4, 16), "patch_embed.proj.bias": (D,),
+            "encoder_norm.weight": (D,), "pred.0.weight": (D, D), "pred.2.weight": (64, D)}
+    for i in range(12):
+        b = f"blocks.{i}."
+        want.update({b + "norm.weight": (D,), b + "norm.bias": (D,),
+                     b + "mixer.in_proj.weight": (2 * E, D), b + "mixer.conv1d.weight": (E, 1, 4),
+                     b + "mixer.conv1d.bias": (E,), b + "mixer.x_proj.weight": (R + 48, E),
+                     b + "mixer.dt_proj.weight": (E, R), b + "mixer.dt_proj.bias": (E,),
+                     b + "mixer.A_log": (E, 24), b + "mixer.D": (E,), b + "mixer.out_proj.weight": (D, E)})
+    for k, shape in want.items():
+        assert tuple(sd[k].shape) == shape, k
+    assert len(sd) == len(want) + 3  # encoder_norm.bias, pred.0.bias, pred.2.bias
+
+
+def test_pos_embed_is_fixed_sincos_with_zero_cls_row():
+    pe = sincos_pos_embed_2d(192, (50, 5))
+    assert pe.shape == (1, 251, 192)
+    assert torch.all(pe[0, 0] == 0)
+    # token t*5+f: first half encodes frequency f, second half encodes time t
+    t, f = 7, 3
+    row = pe[0, 1 + t * 5 + f]
+    assert torch.allclose(row[:48], torch.sin(f / 10000 ** (torch.arange(48) / 48.0)), atol=1e-6)
+    assert torch.allclose(row[96:144], torch.sin(t / 10000 ** (torch.arange(48) / 48.0)), atol=1e-6)
+    enc = SSAMEncoder(PRESETS["ssam-tiny"])
+    assert not enc.pos_embed.requires_grad
+
+
+def test_init_rescales_out_proj_and_zeroes_biases():
+    torch.manual_seed(0)
+    enc = SSAMEncoder(PRESETS["ssam-tiny"])
+    bound = 1 / math.sqrt(576) / math.sqrt(12)  # kaiming-uniform(a=sqrt 5) bound / sqrt(depth)
+    w = enc.blocks[0].mixer.out_proj.weight
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    assert torch.all(enc.pred[0].bias == 0) and torch.all(enc.pred[2].bias == 0)
+    assert enc.blocks[0].mixer.dt_proj.bias.abs().sum() > 0  # dt bias kept
+    assert 0.015 < enc.cls_token.std() < 0.025
+
+
+def test_patchify_matches_the_patch_embedding_order():
+    """A patch-embed conv that copies pixel (i, j) of each patch must reproduce patchify."""
+    enc = SSAMEncoder(EncoderConfig(embed_dim=64, depth=1))
+    with torch.no_grad():
+        enc.patch_embed.proj.weight.zero_()
+        enc.patch_embed.proj.bias.zero_()
+        for c in range(64):  # channel c reads pixel (c // 16, c % 16) of its patch
+            enc.patch_embed.proj.weight[c, 0, c // 16, c % 16] = 1
+    spec = torch.randn(2, 1, 200, 80)
+    torch.testing.assert_close(enc.patch_embed(spec), enc.patchify(spec))
+
+
+@pytest.mark.parametrize("arch", ["ssam", "ssast"])
+def test_forward_and_reconstruct_shapes(arch):
+    enc = SSAMEncoder(EncoderConfig(arch=arch, embed_dim=48, depth=2, num_heads=3)).eval()
+    spec = torch.randn(3, 1, 200, 80)
+    assert enc(spec).shape == (3, 250, 48)
+    mask = torch.rand(3, 250) < 0.5
+    assert enc.reconstruct(spec, mask).shape == (3, 250, 64)
+
+
+def test_masked_tokens_carry_no_position():
+    enc = SSAMEncoder(EncoderConfig(embed_dim=48, depth=1)).eval()
+    mask = torch.zeros(1, 250, dtype=torch.bool)
+    mask[0, [3, 100]] = True
+    tokens = enc.embed(torch.randn(1, 1, 200, 80), mask)
+    assert torch.equal(tokens[0, 4], tokens[0, 101])
+    assert torch.equal(tokens[0, 4], enc.mask_token[0, 0])
+
+
+def test_causal_prefix_equals_padded_crop():
+    torch.manual_seed(0)
+    enc = SSAMEncoder(PRESETS["ssam-tiny"]).eval()
+    spec = torch.randn(2, 1, 200, 80)
+    spec[:, :, 84:] = 0
+    with torch.no_grad():
+        full = enc(spec)
+        prefix = enc(spec[:, :, :84])
+    torch.testing.assert_close(prefix, full[:, :prefix.shape[1]], rtol=1e-5, atol=1e-5)
+    assert prefix.shape == (2, 21 * 5, 192)
+
+
+def test_bidirectional_encoder_refuses_a_cut_crop():
+    enc = SSAMEncoder(EncoderConfig(arch="ssast", embed_dim=48, depth=1, num_heads=3))
+    with pytest.raises(ValueError, match=r"\[batch, 1, 200, 80\]"):
+        enc(torch.randn(1, 1, 84, 80))
+
+
+def test_bad_config_is_named():
+    with pytest.raises(ValueError, match="arch must be"):
+        EncoderConfig(arch="transformer")

@@ -1,0 +1,105 @@
+"""The HEAR contract: shapes, dtypes, timestamps, batching, lengths, devices."""
+import pytest
+import torch
+
+import hear_ssam
+from conftest import noise
+
+
+def test_attributes_are_plain_ints_and_model_is_in_eval_mode():
+    with pytest.warns(UserWarning, match="random"):
+        import hear_ssam.api as api
+        if api.DEFAULT_CHECKPOINT.exists():
+            pytest.skip("a bundled checkpoint exists")
+        model = hear_ssam.load_model()
+    for name in ("sample_rate", "scene_embedding_size", "timestamp_embedding_size"):
+        assert type(getattr(model, name)) is int
+    assert model.sample_rate == 16000 and model.scene_embedding_size == 960
+    assert not model.training and not model.encoder.training
+
+
+@pytest.mark.parametrize("seconds", [0.0126, 0.3, 1.0, 1.07, 1.98, 2.0, 4.0, 4.01, 5.3])
+def test_timestamps_are_centred_regular_and_reach_the_end(random_model, seconds):
+    audio = noise(2, seconds)
+    emb, ts = hear_ssam.get_timestamp_embeddings(audio, random_model)
+    duration = 1000 * audio.shape[1] / 16000
+    assert emb.dtype == torch.float32 and ts.dtype == torch.float32
+    assert emb.shape[:2] == ts.shape and emb.shape[0] == 2 and emb.shape[2] == 960
+    assert torch.equal(ts[0], ts[1])
+    assert ts[0, -1] <= duration  # the validator fails past the end...
+    if ts.shape[1] > 1:
+        assert ts[0, -1] > duration - 40  # ...and only warns if the end has no frame
+        steps = ts[0].diff()
+        assert torch.allclose(steps, torch.full_like(steps, 40.0))
+        assert ts[0, 0] == 15.0  # patch of mel frames 0..3, centred at 1.5 frames
+
+
+def test_frame_count_follows_from_the_clip_length(random_model):
+    assert random_model.n_frames(16000) == 25  # 1 s: 25 frames at 40 ms
+    assert random_model.n_frames(32000) == 50
+    assert random_model.n_frames(120 * 16000) == 3000
+
+
+def test_scene_embedding_is_the_mean_of_frames(random_model):
+    audio = noise(3, 2.74)
+    frames, _ = hear_ssam.get_timestamp_embeddings(audio, random_model)
+    scene = hear_ssam.get_scene_embeddings(audio, random_model)
+    assert scene.shape == (3, 960) and scene.dtype == torch.float32
+    torch.testing.assert_close(scene, frames.mean(1))
+
+
+def test_a_clip_does_not_depend_on_its_batch_mates(random_model):
+    audio = noise(4, 1.3)
+    together = hear_ssam.get_scene_embeddings(audio, random_model)
+    alone = hear_ssam.get_scene_embeddings(audio[2:3], random_model)
+    torch.testing.assert_close(together[2:3], alone, rtol=1e-4, atol=1e-5)
+
+
+def test_chunk_batch_size_does_not_change_results(random_model):
+    audio = noise(1, 9.0)
+    a, _ = hear_ssam.get_timestamp_embeddings(audio, random_model)
+    small = hear_ssam.HearSSAM(random_model.encoder, chunk_batch_size=1)
+    b, _ = hear_ssam.get_timestamp_embeddings(audio, small)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_chunks_are_independent_2s_windows(random_model):
+    """Frames of the 2nd chunk of a 4 s clip equal those of that chunk encoded alone
+    (after the whole-clip normalisation), so no state crosses chunk boundaries."""
+    audio = noise(1, 4.0)
+    spec = random_model.frontend(audio)
+    with torch.no_grad():
+        frames = random_model.clip_frames(spec)
+        second = random_model.encode(spec[:, :, 200:400])
+    torch.testing.assert_close(frames[:, 50:100], second, rtol=1e-5, atol=1e-5)
+
+
+def test_heareval_batch_of_84_one_second_clips(random_model):
+    emb = hear_ssam.get_scene_embeddings(noise(84, 1.0), random_model)
+    assert emb.shape == (84, 960) and torch.isfinite(emb).all()
+
+
+@pytest.mark.slow
+def test_one_two_minute_clip(random_model):
+    emb, ts = hear_ssam.get_timestamp_embeddings(noise(1, 120.0), random_model)
+    assert emb.shape == (1, 3000, 960)
+    assert ts[0, -1] == 15 + 40 * 2999
+
+
+def test_ssast_baseline_runs_through_the_same_api():
+    torch.manual_seed(0)
+    enc = hear_ssam.SSAMEncoder(hear_ssam.PRESETS["ssast-tiny"]).eval()
+    model = hear_ssam.HearSSAM(enc)
+    emb, ts = hear_ssam.get_timestamp_embeddings(noise(2, 3.1), model)
+    assert emb.shape == (2, model.n_frames(int(3.1 * 16000)), 960)
+
+
+def test_official_order_differs_from_time_major(random_model):
+    official = hear_ssam.HearSSAM(random_model.encoder, token_order="official")
+    audio = noise(1, 2.0)
+    a, ts_a = hear_ssam.get_timestamp_embeddings(audio, random_model)
+    b, ts_b = hear_ssam.get_timestamp_embeddings(audio, official)
+    # T = 201 mel frames: official pads 199 frames (2 chunks, 100 frames), trims int(49.75)
+    assert a.shape == (1, 50, 960) and b.shape == (1, 51, 960)
+    assert not torch.allclose(a, b[:, :50])
+    assert ts_b[0, -1] < 2000 and torch.allclose(ts_b[0].diff(), torch.full((50,), 2000 / 51))

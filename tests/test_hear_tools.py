@@ -1,0 +1,72 @@
+"""The real HEAR tools, exactly as a user types them (subprocesses, any directory)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hear_ssam
+from hear_bundle import write_event_task, write_scene_task
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def _run(args, cwd):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def official_ckpt(tmp_path_factory):
+    from test_checkpoint import write_official
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint-99.pth"
+    write_official(path, hear_ssam.SSAMEncoder(hear_ssam.PRESETS["ssam-tiny"]))
+    return path
+
+
+def _validator_ok(result):
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Looks good!" in result.stdout
+
+
+def test_validator_default_model(tmp_path):
+    _validator_ok(_run([str(BIN / "hear-validator"), "hear_ssam"], cwd=tmp_path))
+
+
+def test_validator_on_every_checkpoint_format(tmp_path, official_ckpt):
+    converted = tmp_path / "converted.safetensors"
+    hear_ssam.__main__.main(["convert", str(official_ckpt), str(converted), "--token-order", "official"])
+    ssast = tmp_path / "ssast.safetensors"
+    hear_ssam.__main__.main(["init", "ssast-tiny", str(ssast)])
+    for ckpt in (official_ckpt, converted, ssast):
+        _validator_ok(_run([str(BIN / "hear-validator"), "hear_ssam", "--model", str(ckpt)], cwd=tmp_path))
+
+
+def test_heareval_embeddings_runner_scene_and_event(tmp_path, official_ckpt):
+    tasks = tmp_path / "tasks"
+    write_scene_task(tasks)
+    write_event_task(tasks)
+    r = _run([sys.executable, "-m", "heareval.embeddings.runner", "hear_ssam", "--model",
+              str(official_ckpt), "--tasks-dir", str(tasks), "--embeddings-dir", str(tmp_path / "emb")],
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    scene = tmp_path / "emb" / "hear_ssam" / "tones-v1.0-full"
+    event = tmp_path / "emb" / "hear_ssam" / "bursts-v1.0-full"
+    for task in (scene, event):
+        assert (task / ".done.embeddings").exists() or any(task.glob("*.embeddings.npy")), list(task.iterdir())
+    dims = json.loads((scene / "train.embedding-dimensions.json").read_text())
+    assert dims == [4, 960]
+    emb = np.memmap(scene / "train.embeddings.npy", dtype=np.float32, mode="r", shape=tuple(dims))
+    assert np.isfinite(emb).all() and emb.std() > 0
+    # events: one row per 40 ms frame of each 3 s clip (75 frames: centres 15..2975 ms)
+    edims = json.loads((event / "test.embedding-dimensions.json").read_text())
+    assert edims == [3 * 75, 960]
+    stamps = json.loads((event / "test.filename-timestamps.json").read_text())
+    assert stamps[0][1] == 15.0 and stamps[74][1] == 2975.0 and stamps[75][1] == 15.0
