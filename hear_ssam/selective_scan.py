@@ -97,8 +97,8 @@ class SelectiveScan(torch.autograd.Function):
             g_du = torch.matmul(G, Bc.unsqueeze(-1)).squeeze(-1)
             gB[t0:t1] = torch.matmul(du.unsqueeze(-2), G).squeeze(-2)
             W = G.mul_(h_prev).mul_(dA)  # dL/d(delta*A), G no longer needed
-            gA += torch.einsum("kben,kbe->en", W, d)
             gdelta[t0:t1] = g_du * uu + (W * A).sum(-1)
+            gA += W.mul_(d.unsqueeze(-1)).sum((0, 1))  # in place: an einsum would permute-copy W
             gu[t0:t1] = g_du * d
         back = lambda t: t.permute(1, 2, 0)  # noqa: E731
         return back(gu), back(gdelta), gA, back(gB), back(gC), None
