@@ -1,0 +1,1 @@
+"""Aggregation of heareval outputs into leaderboard CSVs and charts."""

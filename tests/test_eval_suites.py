@@ -1,0 +1,145 @@
+"""eval_suites: suite data, mini-suite pieces, heareval compat, runner end to end."""
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hear_ssam
+from eval_suites import mini
+from eval_suites.heareval_compat import patch_heareval, resolve_grid
+from eval_suites.runner import ModelSpec, run
+from eval_suites.suites import MINI, PAPER_GRID, SSAM10, Suite, TaskSpec
+from hear_bundle import write_scene_task
+
+
+def test_ssam10_is_the_papers_ten_tasks_and_protocol():
+    got = {t.bundle: t.metric for t in SSAM10.tasks}
+    assert got == {
+        "beijing_opera-v1.0-hear2021-full": "top1_acc", "tfds_crema_d-1.0.0-full": "top1_acc",
+        "esc50-v2.0.0-full": "top1_acc", "libricount-v1.0.0-hear2021-full": "top1_acc",
+        "mridangam_stroke-v1.5-full": "top1_acc", "mridangam_tonic-v1.5-full": "top1_acc",
+        "nsynth_pitch-v2.2.3-5h": "pitch_acc", "speech_commands-v0.0.2-5h": "top1_acc",
+        "fsd50k-v1.0-full": "mAP", "vox_lingua_top10-hear2021-full": "top1_acc"}
+    assert SSAM10.seeds == tuple(range(10))
+    g = resolve_grid(SSAM10.grid)
+    assert g["hidden_dim"] == [1024] and g["dropout"] == [0.1, 0.25] and g["lr"] == [1e-4]
+    assert g["hidden_norm"] == [torch.nn.BatchNorm1d] and g["initialization"] == [torch.nn.init.xavier_normal_]
+    assert g["patience"] == [20] and g["max_epochs"] == [500] and g["check_val_every_n_epoch"] == [3]
+
+
+def test_mini_suite_packages_are_reserved_from_pretraining():
+    from pretrain.corpus import EVAL_PACKAGES, SOURCES
+    assert set(mini.PACKAGES) == EVAL_PACKAGES and not set(SOURCES) & set(mini.PACKAGES)
+    assert [t.bundle.split("-")[0] for t in MINI.tasks] == list(mini.BUILDERS)
+
+
+def test_midi_note_is_a_valid_standard_midi_file():
+    data = mini._midi_note(program=24, pitch=60, seconds=0.8)
+    assert data[:4] == b"MThd" and struct.unpack(">IHHH", data[4:14]) == (6, 0, 1, 480)
+    assert data[14:18] == b"MTrk" and struct.unpack(">I", data[18:22])[0] == len(data) - 22
+    assert bytes([0xC0, 24]) in data and bytes([0x90, 60, 100]) in data and data.endswith(b"\xff\x2f\x00")
+
+
+def test_drumkit_xml_strokes_by_name_then_file(tmp_path):
+    kit = tmp_path / "Kit"
+    kit.mkdir()
+    for f in ("k.wav", "s.wav", "x_tom1.wav", "bell.wav"):
+        (kit / f).write_bytes(b"")
+    (kit / "drumkit.xml").write_text("""<drumkit_info xmlns="http://www.hydrogen-music.org/drumkit">
+      <instrumentList>
+        <instrument><name>Kick</name><layer><filename>k.wav</filename></layer></instrument>
+        <instrument><name>Snare Jazz</name><layer><filename>s.wav</filename></layer></instrument>
+        <instrument><name>17</name><layer><filename>x_tom1.wav</filename></layer></instrument>
+        <instrument><name>Cowbell</name><layer><filename>bell.wav</filename></layer></instrument>
+      </instrumentList></drumkit_info>""")
+    assert [(p.name, s) for p, s in mini._kit_strokes(kit)] == [("k.wav", "kick"), ("s.wav", "snare"),
+                                                                 ("x_tom1.wav", "tom")]
+
+
+def test_bundle_writer_makes_a_kfold_hear_bundle(tmp_path):
+    w = mini.BundleWriter(tmp_path, "demo", "v1.0", 1.0, ["top1_acc"], folds=2)
+    for i in range(4):
+        w.add(i % 2, f"c{i}.wav", np.zeros(8000, np.float32), ["a", "b"][i // 2])
+    assert not (tmp_path / "demo-v1.0-full").exists()  # invisible until finished
+    w.finish({"source": "test"})
+    task = tmp_path / "demo-v1.0-full"
+    meta = json.loads((task / "task_metadata.json").read_text())
+    assert meta["split_mode"] == "new_split_kfold" and meta["splits"] == ["fold00", "fold01"]
+    assert (task / "labelvocabulary.csv").read_text() == "idx,label\n0,a\n1,b\n"
+    assert json.loads((task / "fold01.json").read_text()) == {"c1.wav": ["a"], "c3.wav": ["b"]}
+    import soundfile as sf
+    info = sf.info(str(task / "16000" / "fold00" / "c0.wav"))
+    assert info.samplerate == 16000 and info.frames == 16000  # padded to the task duration
+    assert not list(tmp_path.glob(".building-*"))
+
+
+def test_compat_gives_fitloop_a_current_epoch_setter_and_reseeds():
+    patch_heareval(seed=7, grid=PAPER_GRID)
+    from pytorch_lightning.loops.fit_loop import FitLoop
+    import heareval.predictions.task_predictions as tp
+    loop = FitLoop()
+    loop.current_epoch = 12
+    assert loop.current_epoch == 12 and loop.epoch_progress.current.completed == 12
+    tp.seed_everything(42)
+    a = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(a, torch.rand(3))
+    assert tp.PARAM_GRID["dropout"] == [0.1, 0.25]
+
+
+def test_model_spec_parsing(tmp_path):
+    ckpt = tmp_path / "my_model.safetensors"
+    ckpt.write_bytes(b"x")
+    assert ModelSpec.parse(str(ckpt)).name == "my_model"
+    assert ModelSpec.parse(f"alias={ckpt}").name == "alias"
+    assert ModelSpec.parse("default").path == ""
+    with pytest.raises(FileNotFoundError, match="nope.safetensors does not exist"):
+        ModelSpec.parse(str(tmp_path / "nope.safetensors"))
+
+
+@pytest.mark.slow
+def test_runner_end_to_end_skips_finished_work_and_isolates_failures(tmp_path):
+    tasks = tmp_path / "tasks"
+    write_scene_task(tasks, n_per_split=6)
+    broken = tasks / "broken-v1.0-full"
+    broken.mkdir()
+    (broken / "task_metadata.json").write_text(json.dumps({"task_name": "broken", "splits": ["train"]}))
+    suite = Suite("demo", (TaskSpec("tones-v1.0-full", "Tones", "top1_acc", "tvt"),
+                           TaskSpec("broken-v1.0-full", "Broken", "top1_acc", "tvt"),
+                           TaskSpec("absent-v1.0-full", "Absent", "top1_acc", "tvt")),
+                  grid=dict(PAPER_GRID, max_epochs=[3], patience=[1], check_val_every_n_epoch=[1], dropout=[0.1]),
+                  seeds=(0, 1))
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    hear_ssam.save_checkpoint(ckpt, hear_ssam.SSAMEncoder(hear_ssam.EncoderConfig(embed_dim=32, depth=2)))
+    models = [ModelSpec.parse(f"tiny={ckpt}")]
+    status = run(suite, models, tasks, tmp_path / "runs", jobs=2)
+    assert status[("tiny", "tones-v1.0-full", "embeddings")][0] == "done"
+    assert status[("tiny", "tones-v1.0-full", "seed0")][0] == "done"
+    assert status[("tiny", "tones-v1.0-full", "seed1")][0] == "done"
+    assert status[("tiny", "broken-v1.0-full", "embeddings")][0] == "failed"
+    assert status[("tiny", "absent-v1.0-full", "embeddings")][0] == "missing"
+    scores = json.loads((tmp_path / "runs/tiny/seed1/tones-v1.0-full/test.predicted-scores.json").read_text())
+    assert 0.0 <= scores["test"]["test_score"] <= 1.0
+    again = run(suite, models, tasks, tmp_path / "runs", jobs=2)
+    assert again[("tiny", "tones-v1.0-full", "embeddings")][0] == "skipped"
+    assert again[("tiny", "tones-v1.0-full", "seed0")][0] == "skipped"
+    assert not (tmp_path / "logs").exists()  # heareval's files stay under --out
+
+    from results.aggregate import aggregate
+    files = aggregate(tmp_path / "runs", tmp_path / "results")
+    lb = files["leaderboard"].read_text().splitlines()
+    assert lb[0] == "Model,URL,Submission Date,tones-v1.0-full"  # unknown tasks keep the bundle name
+    assert files["chart"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_reports_missing_inputs(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "eval_suites", "run", "mini", "--model", "default",
+                        "--tasks-dir", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
