@@ -61,7 +61,7 @@ SSAM10 = Suite(
 )
 
 # Offline mini suite: same probe family, sized for minutes on 2 CPU cores (one grid
-# point, validation every epoch, shorter patience, 2 seeds).
+# point, validation every 2 epochs, shorter patience, 3 seeds).
 MINI_GRID = dict(PAPER_GRID, dropout=[0.1], max_epochs=[150], patience=[10],
                  check_val_every_n_epoch=[2], lr=[1e-3])
 
@@ -75,7 +75,7 @@ MINI = Suite(
         TaskSpec("mini_count-v1.0-full", "Mini speaker count", "top1_acc", "3-fold by voice"),
     ),
     grid=MINI_GRID,
-    seeds=(0, 1),
+    seeds=(0, 1, 2),
 )
 
 SUITES = {s.name: s for s in (SSAM10, MINI)}

@@ -106,7 +106,7 @@ def plot(table: pd.DataFrame, path: Path):
     labels = list(dict.fromkeys(table["label"]))
     models = list(dict.fromkeys(table["model"]))
     width = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)) + 2, 4.2))
     for i, m in enumerate(models):
         sub = table[table.model == m].set_index("label").reindex(labels)
         x = np.arange(len(labels)) + (i - (len(models) - 1) / 2) * width
@@ -114,7 +114,7 @@ def plot(table: pd.DataFrame, path: Path):
     ax.set_xticks(np.arange(len(labels)), labels, rotation=15, ha="right")
     ax.set_ylabel("primary test score (mean over seeds, 95 % CI)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -29,7 +29,7 @@ echo "== 2/4 hear-validator hear_ssam (bundled default model)"
 .venv/bin/hear-validator hear_ssam > "$OUT/validator.log" 2>&1 || { tail -20 "$OUT/validator.log"; exit 1; }
 grep "Looks good!" "$OUT/validator.log"
 
-echo "== 3/4 embeddings + probes (heareval) for 4 models x 4 tasks x 2 seeds"
+echo "== 3/4 embeddings + probes (heareval) for 4 models x 4 tasks x 3 seeds"
 for preset in ssam-tiny ssast-tiny; do
   ckpt="data/ckpt/${preset}-random.safetensors"
   [ -f "$ckpt" ] || $PY -m hear_ssam init "$preset" "$ckpt" --seed 0

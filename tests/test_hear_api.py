@@ -6,16 +6,35 @@ import hear_ssam
 from conftest import noise
 
 
-def test_attributes_are_plain_ints_and_model_is_in_eval_mode():
-    with pytest.warns(UserWarning, match="random"):
-        import hear_ssam.api as api
-        if api.DEFAULT_CHECKPOINT.exists():
-            pytest.skip("a bundled checkpoint exists")
+def test_attributes_are_plain_ints_and_model_is_in_eval_mode(monkeypatch, tmp_path):
+    import hear_ssam.api as api
+    monkeypatch.setattr(api, "DEFAULT_CHECKPOINT", tmp_path / "absent.safetensors")
+    with pytest.warns(UserWarning, match="randomly initialised ssam-tiny"):
         model = hear_ssam.load_model()
     for name in ("sample_rate", "scene_embedding_size", "timestamp_embedding_size"):
         assert type(getattr(model, name)) is int
     assert model.sample_rate == 16000 and model.scene_embedding_size == 960
     assert not model.training and not model.encoder.training
+    assert model.config["provenance"]["weights"] == "random init, seed 0"
+
+
+def test_bundled_default_checkpoint():
+    import warnings
+    import hear_ssam.api as api
+    if not api.DEFAULT_CHECKPOINT.exists():
+        pytest.skip("this install ships no bundled checkpoint")
+    assert api.DEFAULT_CHECKPOINT.stat().st_size <= 20 * 2**20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no random-init warning
+        model = hear_ssam.load_model()
+    prov = model.config["provenance"]
+    assert model.encoder.cfg == hear_ssam.PRESETS["ssam-tiny"]
+    for key in ("steps", "global_batch", "final_loss", "data_hours", "command"):
+        assert prov.get(key) not in (None, ""), key
+    torch.manual_seed(0)
+    random = hear_ssam.SSAMEncoder(hear_ssam.PRESETS["ssam-tiny"])
+    w = model.encoder.blocks[0].mixer.in_proj.weight
+    assert not torch.allclose(w, random.blocks[0].mixer.in_proj.weight)
 
 
 @pytest.mark.parametrize("seconds", [0.0126, 0.3, 1.0, 1.07, 1.98, 2.0, 4.0, 4.01, 5.3])
