@@ -58,25 +58,24 @@ def _seed(*parts) -> int:
     return int(hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:8], 16)
 
 
-def fetch_packages(work: Path) -> Path:
-    """Unpack PACKAGES under work/unpacked (apt-get download + dpkg-deb -x), once."""
-    root = work / "unpacked"
-    for package in PACKAGES:
-        dest = root / package
-        if (dest / ".complete").exists():
-            continue
-        debs = work / "debs"
-        debs.mkdir(parents=True, exist_ok=True)
-        if not list(debs.glob(f"{package}_*.deb")):
-            log.info("downloading %s", package)
-            r = subprocess.run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True)
-            if r.returncode:
-                raise RuntimeError(f"apt-get download {package} failed (run 'apt-get update' first?): "
-                                   f"{r.stderr.strip()[-300:]}")
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.mkdir(parents=True)
-        subprocess.run(["dpkg-deb", "-x", str(sorted(debs.glob(f"{package}_*.deb"))[-1]), str(dest)], check=True)
-        (dest / ".complete").touch()
+def fetch_package(package: str, work: Path) -> Path:
+    """Unpacked tree of a Debian package under work/unpacked/ (apt-get download + dpkg-deb -x),
+    fetched once; also used by pretrain.corpus."""
+    root = work / "unpacked" / package
+    if (root / ".complete").exists():
+        return root
+    debs = work / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    if not list(debs.glob(f"{package}_*.deb")):
+        log.info("downloading %s", package)
+        r = subprocess.run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"apt-get download {package} failed (run 'apt-get update' first?): "
+                               f"{r.stderr.strip()[-300:]}")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    subprocess.run(["dpkg-deb", "-x", str(sorted(debs.glob(f"{package}_*.deb"))[-1]), str(root)], check=True)
+    (root / ".complete").touch()
     return root
 
 
@@ -255,6 +254,8 @@ def build(tasks_dir: Path, work: Path):
     if not todo:
         log.info("mini suite already built in %s", tasks_dir)
         return
-    root = fetch_packages(work)
+    for package in PACKAGES:
+        fetch_package(package, work)
+    root = work / "unpacked"
     for name in todo:
         BUILDERS[name](root, tasks_dir)

@@ -3,7 +3,7 @@
     python -m eval_suites run SUITE --model CKPT [--model NAME=CKPT ...] --tasks-dir DIR --out runs/
 
 Layout under --out (everything heareval writes stays there):
-    NAME/model.json                       which checkpoint, options, suite
+    NAME/model.json                       which checkpoint, suite, date
     NAME/embeddings/hear_ssam/TASK/       heareval.embeddings.runner output
     NAME/seedK/TASK/                      links to the embeddings + heareval predictions output
     NAME/seedK/logs/                      heareval's Lightning logs (its working directory)
@@ -35,10 +35,9 @@ SCORES = "test.predicted-scores.json"
 class ModelSpec:
     name: str
     path: str  # "" = the plugin's default model
-    options: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: str, options=None) -> "ModelSpec":
+    def parse(cls, text: str) -> "ModelSpec":
         """CKPT, NAME=CKPT, or 'default' (the bundled model)."""
         name, sep, path = text.partition("=")
         if not sep:
@@ -47,7 +46,7 @@ class ModelSpec:
             path = ""
         elif not Path(path).exists():
             raise FileNotFoundError(f"--model {text}: checkpoint {path} does not exist")
-        return cls(name=name, path=str(Path(path).resolve()) if path else "", options=options or {})
+        return cls(name=name, path=str(Path(path).resolve()) if path else "")
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,9 +73,6 @@ def embed(model: ModelSpec, task: str, tasks_dir: Path, out: Path, threads: int)
            "--task", task, "--embeddings-dir", str(emb_root)]
     if model.path:
         cmd += ["--model", model.path]
-    if model.options:
-        raise ValueError("model options change heareval's folder name; convert the checkpoint "
-                         "with the option instead (python -m hear_ssam convert --token-order ...)")
     ok, why = _run(cmd, out / model.name / "logs" / f"{task}.embeddings.log",
                    {"OMP_NUM_THREADS": str(threads)}, cwd=out / model.name)
     return ("done", "") if ok else ("failed", why)
@@ -120,7 +116,7 @@ def run(suite: Suite, models, tasks_dir: Path, out: Path, seeds=None, tasks=None
     for m in models:
         (out / m.name).mkdir(parents=True, exist_ok=True)
         (out / m.name / "model.json").write_text(json.dumps(
-            {"name": m.name, "checkpoint": m.path or "bundled default", "options": m.options,
+            {"name": m.name, "checkpoint": m.path or "bundled default",
              "suite": suite.name, "date": time.strftime("%Y-%m-%d")}, indent=1))
     total = len(models) * len(present) * (1 + len(seeds))
     bar = tqdm(total=total, desc=f"{suite.name}", unit="step", dynamic_ncols=True)

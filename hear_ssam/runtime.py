@@ -14,7 +14,7 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from .encoder import EncoderConfig, SSAMEncoder
+from .encoder import SSAMEncoder
 from .frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontend
 
 TOKEN_ORDERS = ("time-major", "official")

@@ -15,13 +15,16 @@ import argparse
 import csv
 import logging
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import soundfile as sf
 from tqdm import tqdm
+
+from eval_suites.mini import PACKAGES as MINI_PACKAGES
+from eval_suites.mini import fetch_package
+
+from .data import AUDIO_SUFFIXES
 
 log = logging.getLogger("pretrain.corpus")
 
@@ -36,8 +39,7 @@ SOURCES = {
     "sound-theme-freedesktop": "desktop notification sounds",
 }
 # Packages the mini evaluation suite is built from: never pretrain on them.
-EVAL_PACKAGES = {"hedgewars-data", "hydrogen-drumkits", "fluid-soundfont-gm"}
-AUDIO_SUFFIXES = {".wav", ".ogg", ".oga", ".flac", ".mp3"}
+EVAL_PACKAGES = set(MINI_PACKAGES)
 
 
 def licence_of(root: Path, package: str) -> str:
@@ -49,27 +51,6 @@ def licence_of(root: Path, package: str) -> str:
         if found:
             return max(set(found), key=found.count)
     return "see /usr/share/doc/%s/copyright" % package
-
-
-def fetch_package(package: str, work: Path) -> Path:
-    """Unpacked tree of `package` under work/unpacked/, downloading it if needed."""
-    root = work / "unpacked" / package
-    if (root / ".complete").exists():
-        return root
-    debs = work / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    if not list(debs.glob(f"{package}_*.deb")):
-        log.info("downloading %s", package)
-        r = subprocess.run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"apt-get download {package} failed (run 'apt-get update' first?): "
-                               f"{r.stderr.strip()[-300:]}")
-    deb = sorted(debs.glob(f"{package}_*.deb"))[-1]
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    (root / ".complete").touch()
-    return root
 
 
 def scan_audio(root: Path):

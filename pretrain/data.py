@@ -61,6 +61,12 @@ def check_files(files):
     return good, bad
 
 
+def to_mono_16k(audio: np.ndarray, rate: int) -> torch.Tensor:
+    """[frames, channels] float32 at `rate` -> mono [samples] at 16 kHz."""
+    x = torch.from_numpy(audio.mean(axis=1))
+    return torchaudio.functional.resample(x, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else x
+
+
 def _rng(seed, epoch, position):
     return np.random.default_rng([seed, epoch, position])
 
@@ -78,7 +84,6 @@ class CropDataset(Dataset):
         self.frames = [g[1] for g in good]
         self.rates = [g[2] for g in good]
         self.skipped = bad
-        self.failed_reads = 0
         self.crop_frames, self.seed = crop_frames, seed
         self.crop_samples = crop_frames * HOP_LENGTH  # 200 frames need 31,840+ samples; use 32,000
         self.frontend = LogMelFrontend()
@@ -99,9 +104,7 @@ class CropDataset(Dataset):
         need = math.ceil(self.crop_samples * rate / SAMPLE_RATE) + 1
         start = int(rng.integers(0, total - need + 1)) if total > need else 0
         audio, _ = sf.read(self.files[i], start=start, frames=need, dtype="float32", always_2d=True)
-        x = torch.from_numpy(audio.mean(axis=1))
-        if rate != SAMPLE_RATE:
-            x = torchaudio.functional.resample(x, rate, SAMPLE_RATE)
+        x = to_mono_16k(audio, rate)
         if x.numel() < self.crop_samples:  # short clip: tile it
             x = x.repeat(math.ceil(self.crop_samples / max(1, x.numel())))
         return x[: self.crop_samples]
@@ -116,9 +119,7 @@ class CropDataset(Dataset):
         for i in tqdm(todo, desc="caching log-mels", unit="file"):
             try:
                 audio, rate = sf.read(self.files[i], dtype="float32", always_2d=True)
-                x = torch.from_numpy(audio.mean(axis=1))
-                if rate != SAMPLE_RATE:
-                    x = torchaudio.functional.resample(x, rate, SAMPLE_RATE)
+                x = to_mono_16k(audio, rate)
                 if x.numel() <= self.frontend.min_samples:
                     x = x.repeat(math.ceil((self.frontend.min_samples + 1) / max(1, x.numel())))
                 mel = self.frontend.log_mel(x.unsqueeze(0))[0].numpy().astype(np.float16)
@@ -151,7 +152,6 @@ class CropDataset(Dataset):
                     mel = self.frontend.log_mel(self._read_crop(j, rng).unsqueeze(0))[0, : self.crop_frames]
                 break
             except Exception as e:  # a file that broke after the check: use the next one
-                self.failed_reads += 1
                 log.warning("cannot read %s (%s); using the next file", self.files[j], e)
         mel = (mel - mel.mean()) / (mel.std() + 1e-8)  # per-crop normalisation, as the recipe
         return mel.unsqueeze(0)

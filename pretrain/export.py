@@ -12,6 +12,7 @@ from pathlib import Path
 import hear_ssam
 from hear_ssam import EncoderConfig, SSAMEncoder, save_checkpoint
 
+from .config import TrainConfig
 from .train import load_training_checkpoint
 
 
@@ -24,7 +25,7 @@ def export(train_ckpt, dst, half=False):
         "weights": "pretrained with hear_ssam's pretrain/ (masked spectrogram modelling)",
         "preset": cfg["preset"], "steps": meta["step"], "global_batch": cfg["global_batch"],
         "clips_seen": meta["step"] * cfg["global_batch"], "final_loss": round(meta.get("last_loss", float("nan")), 5),
-        "loss": cfg["loss"], "mask_ratio": cfg["mask_ratio"], "lr": cfg["base_lr"] * cfg["global_batch"] / 256,
+        "loss": cfg["loss"], "mask_ratio": cfg["mask_ratio"], "lr": TrainConfig(**cfg).lr,
         "data": meta.get("data"), "data_files": meta.get("files"), "data_hours": meta.get("data_hours"),
         "command": meta.get("command"), "hear_ssam_version": hear_ssam.__version__,
         "exported": datetime.date.today().isoformat(),

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import hear_ssam
 from hear_ssam import PRESETS, EncoderConfig, SSAMEncoder
 
 from .config import TrainConfig
@@ -174,8 +172,10 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
                          f"{cfg.micro_batch} x {world} processes")
     accum = cfg.global_batch // (cfg.micro_batch * world)
 
+    torch.manual_seed(cfg.seed)
+    encoder = build_encoder(cfg)
     files = list_audio(data)
-    dataset = CropDataset(files, crop_frames=PRESETS[cfg.preset].crop_frames, seed=cfg.seed, cache_dir=cache_dir)
+    dataset = CropDataset(files, crop_frames=encoder.cfg.crop_frames, seed=cfg.seed, cache_dir=cache_dir)
     epoch_clips = cfg.epoch_clips or len(dataset)
     steps_per_epoch = epoch_clips // cfg.global_batch
     if steps_per_epoch == 0:
@@ -184,8 +184,6 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
     total = cfg.max_steps or int(cfg.epochs * steps_per_epoch)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
-    torch.manual_seed(cfg.seed)
-    encoder = build_encoder(cfg)
     optimizer = torch.optim.AdamW(param_groups(encoder, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     use_amp = cuda and cfg.precision != "fp32"
     amp_dtype = torch.float16 if cfg.precision == "fp16" else torch.bfloat16

@@ -1,7 +1,6 @@
 """The real HEAR tools, exactly as a user types them (subprocesses, any directory)."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
