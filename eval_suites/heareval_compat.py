@@ -20,10 +20,7 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import torch  # noqa: E402
+import torch
 
 _NAMES = {
     "BatchNorm1d": torch.nn.BatchNorm1d, "LayerNorm": torch.nn.LayerNorm, "Identity": torch.nn.Identity,
@@ -59,6 +56,10 @@ def patch_heareval(seed: int, grid: dict | None):
 
 
 def main(argv=None):
+    # Set here, in the probe subprocess, never at import: the rest of a process keeps torch's
+    # safe weights-only default.
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task_dirs", nargs="+", help="embedding task folders (heareval's layout)")
     p.add_argument("--seed", type=int, default=42)

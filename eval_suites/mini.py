@@ -16,7 +16,6 @@ Clips are not committed: they are rebuilt from the packages (GPL-2 / CC-BY-SA li
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -29,12 +28,15 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio
 from tqdm import tqdm
 
+from hear_ssam.frontend import SAMPLE_RATE as SR
+from hear_ssam.frontend import to_mono_16k
+from pretrain.debian import fetch_package
+from pretrain.seeds import derive_seed
+
 log = logging.getLogger("eval_suites.mini")
-SR = 16000
+# The suite's sources; each must be in pretrain.debian.EVAL_PACKAGES (reserved from pretraining).
 PACKAGES = ("hedgewars-data", "hydrogen-drumkits", "fluid-soundfont-gm")
 ENGLISH_VOICES = ("British", "Classic", "Default", "HillBilly", "Mobster", "Pirate", "Robot",
                   "Russian", "Singer", "Surfer")
@@ -54,37 +56,10 @@ STROKES = [("kick", r"kick|bass ?drum|\bbd\b|kik"), ("snare", r"snare|\bsd\b|rim
 
 # ------------------------------------------------------------------ helpers
 
-def _seed(*parts) -> int:
-    return int(hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
-def fetch_package(package: str, work: Path) -> Path:
-    """Unpacked tree of a Debian package under work/unpacked/ (apt-get download + dpkg-deb -x),
-    fetched once; also used by pretrain.corpus."""
-    root = work / "unpacked" / package
-    if (root / ".complete").exists():
-        return root
-    debs = work / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    if not list(debs.glob(f"{package}_*.deb")):
-        log.info("downloading %s", package)
-        r = subprocess.run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True)
-        if r.returncode:
-            raise RuntimeError(f"apt-get download {package} failed (run 'apt-get update' first?): "
-                               f"{r.stderr.strip()[-300:]}")
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    subprocess.run(["dpkg-deb", "-x", str(sorted(debs.glob(f"{package}_*.deb"))[-1]), str(root)], check=True)
-    (root / ".complete").touch()
-    return root
-
-
 def load_mono(path, seconds=None) -> np.ndarray:
+    """A file as 16 kHz mono float32, cut or zero-padded to `seconds` when given."""
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    x = torch.from_numpy(audio.mean(axis=1))
-    if rate != SR:
-        x = torchaudio.functional.resample(x, rate, SR)
-    x = x.numpy()
+    x = to_mono_16k(audio, rate).numpy()
     if seconds is not None:
         n = int(seconds * SR)
         x = np.pad(x[:n], (0, max(0, n - len(x))))
@@ -231,7 +206,7 @@ def build_count(root: Path, tasks_dir: Path, clips_per_count=20):
     for fold, group in enumerate(tqdm(groups, desc="mini_count", leave=False)):
         for k in range(1, 5):
             for c in range(clips_per_count):
-                rng = np.random.default_rng(_seed("count", fold, k, c))
+                rng = np.random.default_rng(derive_seed("count", fold, k, c))
                 mix = np.zeros(int(seconds * SR), np.float32)
                 for voice in rng.choice(group, size=k, replace=False):
                     take = list(files[voice].values())[rng.integers(len(files[voice]))]

@@ -1,16 +1,21 @@
-"""hear_ssam: Audio Mamba (SSAM) as a HEAR 2021 plugin.
+"""hear_ssam: masked-spectrogram audio encoders (SSAM, SSAST, ...) as a HEAR 2021 plugin.
 
     model = hear_ssam.load_model()            # bundled ssam-tiny
     emb, ts = hear_ssam.get_timestamp_embeddings(audio_16k, model)
     scene = hear_ssam.get_scene_embeddings(audio_16k, model)
+
+Layout: `frontend` (features), `ops` (numerics: the selective scan and its backends),
+`modules` (blocks), `encoder` (the shared masked-spectrogram encoder), `presets`
+(families as data), `checkpoint` (I/O), `runtime` + `api` (HEAR).
 """
 from .api import get_scene_embeddings, get_timestamp_embeddings, load_model
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .encoder import PRESETS, EncoderConfig, SSAMEncoder
-from .frontend import LogMelFrontend
+from .encoder import EncoderConfig, SpectrogramEncoder, SSAMEncoder
+from .frontend import FrontendConfig, LogMelFrontend
+from .presets import FAMILIES, PRESETS
 from .runtime import HearSSAM
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["load_model", "get_scene_embeddings", "get_timestamp_embeddings", "HearSSAM",
-           "SSAMEncoder", "EncoderConfig", "PRESETS", "LogMelFrontend", "load_checkpoint",
-           "save_checkpoint", "CheckpointError"]
+           "SpectrogramEncoder", "SSAMEncoder", "EncoderConfig", "FrontendConfig", "FAMILIES", "PRESETS",
+           "LogMelFrontend", "load_checkpoint", "save_checkpoint", "CheckpointError"]

@@ -13,7 +13,9 @@ import sys
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .encoder import PRESETS, SSAMEncoder
+from .encoder import SpectrogramEncoder
+from .frontend import FrontendConfig
+from .presets import PRESETS, family_of_preset
 from .runtime import TOKEN_ORDERS
 
 
@@ -38,14 +40,17 @@ def main(argv=None) -> int:
         if args.cmd == "convert":
             encoder, config = load_checkpoint(args.src)
             prov = dict(config.get("provenance", {}), converted_from=args.src)
-            save_checkpoint(args.dst, encoder, args.token_order, prov)
-            print(f"wrote {args.dst}: {encoder.cfg.arch} width {encoder.cfg.embed_dim}, "
+            save_checkpoint(args.dst, encoder, args.token_order, prov,
+                            frontend=FrontendConfig.from_dict(config["frontend"]))
+            print(f"wrote {args.dst}: {config['family'] or encoder.cfg.block} width {encoder.cfg.embed_dim}, "
                   f"{encoder.num_trainable_parameters():,} parameters, token order {args.token_order}")
         elif args.cmd == "init":
-            torch.manual_seed(args.seed)
-            encoder = SSAMEncoder(PRESETS[args.preset])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(args.seed)
+                encoder = SpectrogramEncoder(PRESETS[args.preset])
             save_checkpoint(args.dst, encoder, provenance={
-                "weights": f"random init, seed {args.seed}", "preset": args.preset})
+                "weights": f"random init, seed {args.seed}", "preset": args.preset},
+                frontend=family_of_preset(args.preset).frontend)
             print(f"wrote {args.dst}: random-init {args.preset} (seed {args.seed})")
         else:
             encoder, config = load_checkpoint(args.path)

@@ -8,8 +8,8 @@ from typing import Tuple
 import torch
 
 from .checkpoint import load_checkpoint, make_config
-from .encoder import PRESETS, SSAMEncoder
-from .frontend import SAMPLE_RATE
+from .encoder import SpectrogramEncoder
+from .presets import PRESETS
 from .runtime import HearSSAM
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "ssam_tiny.safetensors"
@@ -31,8 +31,9 @@ def load_model(model_file_path: str = "", token_order: str | None = None,
         warnings.warn("hear_ssam: no bundled checkpoint in this install; using a randomly "
                       f"initialised ssam-tiny (seed {RANDOM_INIT_SEED}). Its embeddings are "
                       "random features, not a pretrained model.", stacklevel=2)
-        torch.manual_seed(RANDOM_INIT_SEED)
-        encoder = SSAMEncoder(PRESETS["ssam-tiny"])
+        with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
+            torch.manual_seed(RANDOM_INIT_SEED)
+            encoder = SpectrogramEncoder(PRESETS["ssam-tiny"]).eval()
         config = make_config(encoder.cfg, provenance={"weights": f"random init, seed {RANDOM_INIT_SEED}"})
     order = token_order or config.get("token_order", "time-major")
     return HearSSAM(encoder, order, chunk_batch_size, config).eval()
@@ -45,10 +46,11 @@ def _check(audio, model) -> None:
     if not isinstance(audio, torch.Tensor):
         raise TypeError(f"audio must be a torch.Tensor [n_sounds, n_samples], got "
                         f"{type(audio).__module__}.{type(audio).__name__}")
-    if model.sample_rate != SAMPLE_RATE:
-        raise ValueError(f"model.sample_rate was set to {model.sample_rate}, but SSAM only "
-                         f"works on {SAMPLE_RATE} Hz audio: leave it at {SAMPLE_RATE} and resample "
-                         f"instead, e.g. torchaudio.functional.resample(audio, sr, {SAMPLE_RATE})")
+    rate = model.frontend.cfg.sample_rate
+    if model.sample_rate != rate:
+        raise ValueError(f"model.sample_rate was set to {model.sample_rate}, but this model only "
+                         f"works on {rate} Hz audio: leave it at {rate} and resample "
+                         f"instead, e.g. torchaudio.functional.resample(audio, sr, {rate})")
     if audio.dtype != torch.float32:
         hint = ("integer PCM: convert to float32 in [-1, 1], e.g. audio.float() / 32768"
                 if not audio.dtype.is_floating_point else "convert with audio.float()")
@@ -66,7 +68,7 @@ def _check(audio, model) -> None:
     if n_samples < model.frontend.min_samples:
         hint = " (is it [n_samples, n_channels]? transpose it)" if n > n_samples else ""
         raise ValueError(f"audio clips of {n_samples} samples are too short: need at least "
-                         f"{model.frontend.min_samples} samples at {SAMPLE_RATE} Hz{hint}")
+                         f"{model.frontend.min_samples} samples at {rate} Hz{hint}")
     if audio.device != model.device:
         raise ValueError(f"audio is on {audio.device} but the model is on {model.device}: "
                          "move one of them (model.to(audio.device))")

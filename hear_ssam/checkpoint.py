@@ -1,15 +1,25 @@
-"""Checkpoint I/O.
+"""Checkpoint I/O: our safetensors format (version 2, reads version 1) and official releases.
 
 Our format: one `.safetensors` file; its header metadata holds the JSON config under the
-key "hear_ssam" (encoder config, frontend, token order, provenance), so one path is the
-whole model. Official SSAM releases (`checkpoint-99.pth`, a torch.save dict whose 'args'
-is an argparse.Namespace holding an ml_collections ConfigDict) are read with a restricted
+key "hear_ssam", so one path is the whole model:
+
+    {"format": "hear_ssam/2", "preset": "ssam-tiny" | null, "family": "ssam" | null,
+     "encoder": EncoderConfig fields, "frontend": FrontendConfig fields,
+     "token_order": "time-major" | "official", "provenance": {...}}
+
+Format 1 (releases <= 0.1: the bundled asset, files converted then) had a flat encoder
+config with `arch` and a frontend record that was never read; `upgrade_v1` maps it.
+
+Official releases (`checkpoint-99.pth`, a torch.save dict whose 'args' is an
+argparse.Namespace holding an ml_collections ConfigDict) are read with a restricted
 unpickler: only tensor-rebuilding functions are real; every other global (Namespace,
-ConfigDict, or anything hostile) becomes an inert record that runs no code.
+ConfigDict, or anything hostile) becomes an inert record that runs no code. The family is
+recognised from the keys (`presets.FAMILIES[*].detect`) and its keys mapped at this
+boundary (`from_official`); keys a family sets aside (pretraining-only heads) are listed in
+the config's provenance, never silently dropped.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
@@ -22,13 +32,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .encoder import PRESETS, EncoderConfig, SSAMEncoder
+from .encoder import EncoderConfig, SpectrogramEncoder
+from .frontend import FrontendConfig
+from .presets import FAMILIES, family_of_config, preset_name
 
-FORMAT = "hear_ssam/1"
+FORMAT = "hear_ssam/2"
+FORMAT_V1 = "hear_ssam/1"
 METADATA_KEY = "hear_ssam"
-FRONTEND = {"sample_rate": 16000, "n_fft": 400, "win_length": 400, "hop_length": 160,
-            "f_min": 50.0, "f_max": 8000.0, "n_mels": 80, "log_eps": "float32 eps",
-            "normalization": "per clip: (x - mean) / (std + 1e-8)"}
+TRAIN_METADATA_KEY = "train"  # pretrain/'s training checkpoints (weights + optimiser state)
 
 
 class CheckpointError(ValueError):
@@ -37,21 +48,44 @@ class CheckpointError(ValueError):
 
 # ---------------------------------------------------------------- our format
 
-def make_config(cfg: EncoderConfig, token_order="time-major", provenance=None) -> dict:
-    preset = next((name for name, p in PRESETS.items() if p == cfg), None)
-    return {"format": FORMAT, "preset": preset, "encoder": dataclasses.asdict(cfg),
-            "frontend": FRONTEND, "token_order": token_order, "provenance": provenance or {}}
+def make_config(cfg: EncoderConfig, frontend: FrontendConfig | None = None, token_order="time-major",
+                provenance=None) -> dict:
+    frontend = frontend or FrontendConfig()
+    if frontend.n_mels != cfg.n_mels:
+        raise ValueError(f"frontend gives {frontend.n_mels} bins but the encoder expects {cfg.n_mels}")
+    family = family_of_config(cfg)
+    return {"format": FORMAT, "preset": preset_name(cfg), "family": family.name if family else None,
+            "encoder": cfg.to_dict(), "frontend": frontend.to_dict(), "token_order": token_order,
+            "provenance": provenance or {}}
 
 
-def save_checkpoint(path, encoder: SSAMEncoder, token_order="time-major", provenance=None):
+def save_checkpoint(path, encoder: SpectrogramEncoder, token_order="time-major", provenance=None,
+                    frontend: FrontendConfig | None = None) -> dict:
     """Write weights + config atomically (a crash never leaves a half-written file)."""
     path = Path(path)
-    config = make_config(encoder.cfg, token_order, provenance)
+    config = make_config(encoder.cfg, frontend, token_order, provenance)
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
     os.replace(tmp, path)
     return config
+
+
+def upgrade_v1(config: dict) -> dict:
+    """A format-1 config (flat encoder fields with `arch`) as format 2."""
+    enc = dict(config["encoder"])
+    arch = enc.pop("arch")
+    mamba = {k: enc.pop(k) for k in ("d_state", "d_conv", "expand")}
+    vit = {k: enc.pop(k) for k in ("num_heads", "mlp_ratio")}
+    if arch == "ssam":
+        enc.update(block="mamba", block_options=mamba)
+    elif arch == "ssast":
+        enc.update(block="vit", block_options=vit)
+    else:
+        raise ValueError(f"unknown arch {arch!r}")
+    # Format 1 always meant SSAM's 80-bin log-mel (its "frontend" record was descriptive only).
+    return dict(config, format=FORMAT, family=arch, encoder=enc,
+                frontend=FrontendConfig(n_mels=enc.get("n_mels", 80)).to_dict())
 
 
 def read_safetensors(path: Path):
@@ -62,9 +96,32 @@ def read_safetensors(path: Path):
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     if METADATA_KEY not in meta:
+        if TRAIN_METADATA_KEY in meta:
+            raise CheckpointError(f"{path}: is a pretraining checkpoint (weights + optimiser state); "
+                                  f"export it for the plugin first: python -m pretrain export {path} "
+                                  "model.safetensors")
         raise CheckpointError(f"{path}: safetensors file has no '{METADATA_KEY}' config in its "
-                              "metadata; it was not written by hear_ssam (convert it first)")
+                              "metadata; it was not written by hear_ssam (convert an official release with "
+                              "python -m hear_ssam convert CHECKPOINT.pth OUT.safetensors, or load the .pth itself)")
     return tensors, json.loads(meta[METADATA_KEY])
+
+
+def parse_config(config: dict, path) -> tuple[EncoderConfig, FrontendConfig, dict]:
+    """(encoder config, frontend config, format-2 config dict) of a stored config."""
+    try:
+        if config.get("format") == FORMAT_V1:
+            config = upgrade_v1(config)
+        if config.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: unknown checkpoint format {config.get('format')!r}")
+        cfg = EncoderConfig(**config["encoder"])
+        frontend = FrontendConfig.from_dict(config["frontend"])
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad config ({type(e).__name__}: {e})") from None
+    if frontend.n_mels != cfg.n_mels:
+        raise CheckpointError(f"{path}: frontend gives {frontend.n_mels} bins, encoder expects {cfg.n_mels}")
+    return cfg, frontend, config
 
 
 # ---------------------------------------------------------------- official .pth
@@ -129,50 +186,48 @@ def read_official(path: Path) -> dict:
     return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in state.items()}
 
 
-def infer_config(state: dict, path) -> EncoderConfig:
-    """Rebuild the EncoderConfig of an official state dict from its tensor shapes."""
+def official_config(state: dict, path) -> tuple[dict, EncoderConfig, FrontendConfig, dict]:
+    """(our state dict, encoder config, frontend, set-aside keys) of an official state dict."""
+    family = next((f for f in FAMILIES.values() if f.detect(state)), None)
+    if family is None:
+        raise CheckpointError(f"{path}: not a state dict of a known family ({', '.join(FAMILIES)}): "
+                              f"keys start {sorted(state)[:4]}")
+    ours, set_aside = family.from_official(state)
     try:
-        D = state["cls_token"].shape[-1]
-        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-        pt, pf = state["patch_embed.proj.weight"].shape[-2:]
-        n_tokens = state["pos_embed"].shape[1] - 1
+        cfg = family.config_from_state(ours)
     except (KeyError, ValueError, IndexError) as e:
-        raise CheckpointError(f"{path}: not an SSAM/SSAST state dict (missing {e})") from None
-    base = dict(embed_dim=D, depth=depth, patch_time=pt, patch_freq=pf,
-                crop_frames=pt * (n_tokens // (80 // pf)), num_heads=max(1, D // 64))
-    if "blocks.0.mixer.A_log" in state:
-        E, N = state["blocks.0.mixer.A_log"].shape
-        return EncoderConfig(arch="ssam", d_state=N, expand=E // D,
-                             d_conv=state["blocks.0.mixer.conv1d.weight"].shape[-1], **base)
-    if "blocks.0.attn.qkv.weight" in state:
-        hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
-        return EncoderConfig(arch="ssast", mlp_ratio=hidden / D, **base)
-    raise CheckpointError(f"{path}: blocks are neither Mamba mixers nor ViT attention blocks")
+        raise CheckpointError(f"{path}: looks like {family.name} but cannot read its shapes "
+                              f"({type(e).__name__}: {e})") from None
+    return ours, cfg, family.frontend, set_aside
 
 
 # ---------------------------------------------------------------- loading
 
-def build_encoder(cfg: EncoderConfig, state: dict, path) -> SSAMEncoder:
-    """An encoder with `state` loaded strictly; mismatches are reported by key."""
-    torch.manual_seed(0)  # construction draws an init that is overwritten; keep it cheap+quiet
-    encoder = SSAMEncoder(cfg)
+def build_encoder(cfg: EncoderConfig, state: dict, path) -> SpectrogramEncoder:
+    """An encoder with `state` loaded strictly; mismatches are reported by key.
+
+    Built on the meta device (no initialisation is computed, and the caller's global RNG
+    is never touched), then the loaded tensors are assigned in.
+    """
+    with torch.device("meta"):
+        encoder = SpectrogramEncoder(cfg)
     own = encoder.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise CheckpointError(f"{path}: state dict does not match {cfg.arch} "
+        raise CheckpointError(f"{path}: state dict does not match {cfg.block} blocks "
                               f"(width {cfg.embed_dim}, depth {cfg.depth}): "
                               f"missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
             raise CheckpointError(f"{path}: key '{k}' has shape {tuple(v.shape)}, "
                                   f"the model expects {tuple(own[k].shape)}")
-    encoder.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    encoder.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
     return encoder.eval()
 
 
-def load_checkpoint(path) -> tuple[SSAMEncoder, dict]:
-    """(encoder, config) from one of our .safetensors files or an official .pth."""
+def load_checkpoint(path) -> tuple[SpectrogramEncoder, dict]:
+    """(encoder, format-2 config) from one of our .safetensors files or an official .pth."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
@@ -181,18 +236,15 @@ def load_checkpoint(path) -> tuple[SSAMEncoder, dict]:
     with open(path, "rb") as f:
         head = f.read(8)
     if path.suffix == ".safetensors":
-        state, config = read_safetensors(path)
-        if config.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: unknown checkpoint format {config.get('format')!r}")
-        try:
-            cfg = EncoderConfig(**config["encoder"])
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: bad encoder config ({e})") from None
+        state, stored = read_safetensors(path)
+        cfg, _, config = parse_config(stored, path)
         return build_encoder(cfg, state, path), config
     if path.suffix in (".pth", ".pt", ".ckpt") or head.startswith(b"PK"):
-        state = read_official(path)
-        cfg = infer_config(state, path)
-        config = make_config(cfg, "time-major", {"converted_from": str(path)})
+        state, cfg, frontend, set_aside = official_config(read_official(path), path)
+        provenance = {"converted_from": str(path)}
+        if set_aside:
+            provenance["set_aside_keys"] = sorted(set_aside)
+        config = make_config(cfg, frontend, "time-major", provenance)
         return build_encoder(cfg, state, path), config
     raise CheckpointError(f"{path}: unknown checkpoint type '{path.suffix}'; expected a "
-                          "hear_ssam .safetensors file or an official SSAM .pth")
+                          "hear_ssam .safetensors file or an official .pth release")

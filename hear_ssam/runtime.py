@@ -14,8 +14,8 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from .encoder import SSAMEncoder
-from .frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontend
+from .encoder import SpectrogramEncoder
+from .frontend import FrontendConfig, build_frontend
 
 TOKEN_ORDERS = ("time-major", "official")
 
@@ -23,23 +23,31 @@ TOKEN_ORDERS = ("time-major", "official")
 class HearSSAM(nn.Module):
     """What `load_model` returns: frontend + encoder + the HEAR attributes (plain ints)."""
 
-    def __init__(self, encoder: SSAMEncoder, token_order: str = "time-major",
-                 chunk_batch_size: int = 16, config: dict | None = None):
+    def __init__(self, encoder: SpectrogramEncoder, token_order: str = "time-major",
+                 chunk_batch_size: int = 16, config: dict | None = None,
+                 frontend: FrontendConfig | None = None):
+        """`frontend`: the features the encoder was trained on (default: the config's, else SSAM's)."""
         super().__init__()
         if token_order not in TOKEN_ORDERS:
             raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {token_order!r}")
-        self.frontend = LogMelFrontend(n_mels=encoder.cfg.n_mels)
+        self.config = dict(config or {})
+        if frontend is None:
+            frontend = FrontendConfig.from_dict(self.config["frontend"]) if "frontend" in self.config \
+                else FrontendConfig(n_mels=encoder.cfg.n_mels)
+        if frontend.n_mels != encoder.cfg.n_mels:
+            raise ValueError(f"frontend gives {frontend.n_mels} bins, the encoder expects {encoder.cfg.n_mels}")
+        self.config.update(frontend=frontend.to_dict(), token_order=token_order)  # what actually runs
+        self.frontend = build_frontend(frontend)
         self.encoder = encoder
         self.token_order = token_order
         self.chunk_batch_size = int(chunk_batch_size)  # 2 s chunks per encoder call
-        self.config = dict(config or {})
-        self.sample_rate = SAMPLE_RATE
+        self.sample_rate = int(frontend.sample_rate)
         self.timestamp_embedding_size = int(encoder.cfg.frame_embedding_size)
         self.scene_embedding_size = int(encoder.cfg.frame_embedding_size)
         cfg = encoder.cfg
-        self.frame_hop_ms = 1000.0 * HOP_LENGTH * cfg.patch_time / SAMPLE_RATE  # 40 ms
-        # A patch covers mel frames 4i..4i+3, centred at (4i + 1.5) * 10 ms.
-        self.frame_offset_ms = 1000.0 * HOP_LENGTH * (cfg.patch_time - 1) / 2 / SAMPLE_RATE
+        self.frame_hop_ms = frontend.frame_ms * cfg.patch_time  # 40 ms: one embedding frame
+        # A patch covers feature frames 4i..4i+3, centred at (4i + 1.5) * 10 ms.
+        self.frame_offset_ms = frontend.frame_ms * (cfg.patch_time - 1) / 2
 
     @property
     def device(self) -> torch.device:
@@ -94,7 +102,7 @@ class HearSSAM(nn.Module):
         n, n_samples = audio.shape
         spec = self.frontend(audio)
         frames = self.clip_frames(spec)
-        duration_ms = 1000.0 * n_samples / SAMPLE_RATE
+        duration_ms = 1000.0 * n_samples / self.sample_rate
         if self.token_order == "official":
             crop, n_t = self.encoder.cfg.crop_frames, self.encoder.cfg.grid[0]
             pad = crop - spec.shape[2] % crop
@@ -111,8 +119,8 @@ class HearSSAM(nn.Module):
 
     def n_frames(self, n_samples: int) -> int:
         """Frames whose centre lies inside the clip (so the last is within one hop of the end)."""
-        duration_ms = 1000.0 * n_samples / SAMPLE_RATE
-        n_mel = n_samples // HOP_LENGTH + 1
+        duration_ms = 1000.0 * n_samples / self.sample_rate
+        n_mel = n_samples // self.frontend.cfg.hop_length + 1
         available = math.ceil(n_mel / self.encoder.cfg.patch_time)
         inside = math.floor((duration_ms - self.frame_offset_ms) / self.frame_hop_ms) + 1
         return max(1, min(available, inside))

@@ -1,36 +1,31 @@
 """Build a pretraining corpus of real audio from Debian packages.
 
-    python -m pretrain.corpus --out data/pretrain_corpus
+    python -m pretrain corpus --out data/pretrain_corpus
 
 Downloads each source package with `apt-get download`, unpacks it with `dpkg-deb -x`, keeps
 the audio files that soundfile can read, and writes `manifest.tsv` (path, package, licence,
 seconds, sample rate, channels) and `SOURCES.md`. Finished packages are skipped on rerun.
 The sources are disjoint from the packages the offline evaluation suite is built from
-(`EVAL_PACKAGES`; a test checks it). Clips are not committed: their licences (mostly
+(`pretrain.debian.EVAL_PACKAGES`; `build` refuses them, and a test checks it). Clips are not committed: their licences (mostly
 GPL-2 / CC-BY-SA) travel with the packages, and the manifest records them.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import re
-import sys
 from pathlib import Path
 
 import soundfile as sf
 from tqdm import tqdm
 
-from eval_suites.mini import PACKAGES as MINI_PACKAGES
-from eval_suites.mini import fetch_package
-
 from .data import AUDIO_SUFFIXES
+from .debian import EVAL_PACKAGES, fetch_package
 
 log = logging.getLogger("pretrain.corpus")
 
 # package -> what it holds. Speech in many languages, game sound effects, music.
 SOURCES = {
-    "tuxpaint-stamps-default": "spoken descriptions (many languages) and sound effects",
     "supertux-data": "game music and sound effects",
     "wesnoth-1.16-music": "orchestral game music",
     "frozen-bubble-data": "game music and sound effects",
@@ -38,8 +33,6 @@ SOURCES = {
     "pingus-data": "voices and sound effects",
     "sound-theme-freedesktop": "desktop notification sounds",
 }
-# Packages the mini evaluation suite is built from: never pretrain on them.
-EVAL_PACKAGES = set(MINI_PACKAGES)
 
 
 def licence_of(root: Path, package: str) -> str:
@@ -97,21 +90,3 @@ def build(out: Path, packages) -> Path:
     (out / "SOURCES.md").write_text("\n".join(lines) + "\n")
     log.info("wrote %s: %d files, %.2f h", manifest, len(rows), sum(s[3] for s in summary))
     return manifest
-
-
-def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("data/pretrain_corpus"))
-    p.add_argument("--packages", nargs="+", default=list(SOURCES))
-    a = p.parse_args(argv)
-    try:
-        build(a.out, a.packages)
-    except (RuntimeError, ValueError) as e:
-        log.error("%s", e)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

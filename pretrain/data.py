@@ -1,4 +1,4 @@
-"""Random 2 s log-mel crops of audio files, deterministic per (seed, epoch, position).
+"""Random 2 s feature crops of audio files, deterministic per (seed, epoch, position).
 
 Every random choice is derived from (seed, epoch, position in the epoch), never from
 a stateful generator, so a resumed run sees exactly the crops and order of an
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import math
 from pathlib import Path
@@ -15,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from hear_ssam.frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontend
+from hear_ssam.frontend import FrontendConfig, build_frontend, to_mono_16k
+
+from .seeds import derive_seed
 
 log = logging.getLogger("pretrain.data")
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3"}
@@ -61,20 +63,25 @@ def check_files(files):
     return good, bad
 
 
-def to_mono_16k(audio: np.ndarray, rate: int) -> torch.Tensor:
-    """[frames, channels] float32 at `rate` -> mono [samples] at 16 kHz."""
-    x = torch.from_numpy(audio.mean(axis=1))
-    return torchaudio.functional.resample(x, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else x
-
-
-def _rng(seed, epoch, position):
-    return np.random.default_rng([seed, epoch, position])
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
 
 
 class CropDataset(Dataset):
-    """Item (epoch, position, file index) -> normalised log-mel crop [1, crop_frames, 80]."""
+    """Item (epoch, position, file index) -> standardised feature crop [1, crop_frames, F].
 
-    def __init__(self, files, crop_frames=200, seed=0, cache_dir=None):
+    A crop is `crop_frames` consecutive feature frames of a file's whole-file features
+    (the frontend of `frontend_cfg`), starting at a frame drawn from
+    derive_seed("crop", seed, epoch, position); files shorter than a crop are tiled in
+    frames. Two paths give the same crops: with a cache, whole-file features are computed
+    once (`fill_cache`, fp16 .npy) and sliced; without one, only a window of audio around
+    the crop is read, resampled on the 16 kHz grid of the whole file and trimmed of a margin
+    wider than the STFT window, so its frames equal the whole-file ones.
+    """
+
+    MARGIN_FRAMES = 3  # > n_fft / 2 samples of context on each side of a window
+
+    def __init__(self, files, crop_frames=200, seed=0, cache_dir=None, frontend_cfg: FrontendConfig | None = None):
         good, bad = check_files(files)
         if bad:
             log.warning("skipping %d unreadable of %d files, e.g. %s (%s)", len(bad), len(files), *bad[0])
@@ -85,11 +92,14 @@ class CropDataset(Dataset):
         self.rates = [g[2] for g in good]
         self.skipped = bad
         self.crop_frames, self.seed = crop_frames, seed
-        self.crop_samples = crop_frames * HOP_LENGTH  # 200 frames need 31,840+ samples; use 32,000
-        self.frontend = LogMelFrontend()
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        if self.cache_dir:
-            self._fill_cache()
+        self.frontend_cfg = frontend_cfg or FrontendConfig()
+        self.frontend = build_frontend(self.frontend_cfg)
+        self.hop = self.frontend_cfg.hop_length
+        self.sample_rate = self.frontend_cfg.sample_rate
+        self.cache_dir = None
+        if cache_dir:  # one folder per frontend, so a changed frontend never reads stale features
+            key = hashlib.sha1(json.dumps(self.frontend_cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+            self.cache_dir = Path(cache_dir) / f"{self.frontend_cfg.kind}-{key}"
 
     @property
     def hours(self) -> float:
@@ -98,63 +108,89 @@ class CropDataset(Dataset):
     def __len__(self):
         return len(self.files)
 
-    # -- audio path
-    def _read_crop(self, i, rng) -> torch.Tensor:
-        rate, total = self.rates[i], self.frames[i]
-        need = math.ceil(self.crop_samples * rate / SAMPLE_RATE) + 1
-        start = int(rng.integers(0, total - need + 1)) if total > need else 0
-        audio, _ = sf.read(self.files[i], start=start, frames=need, dtype="float32", always_2d=True)
-        x = to_mono_16k(audio, rate)
-        if x.numel() < self.crop_samples:  # short clip: tile it
-            x = x.repeat(math.ceil(self.crop_samples / max(1, x.numel())))
-        return x[: self.crop_samples]
+    def _samples_16k(self, i) -> int:
+        """Length of file i after resampling (torchaudio's output length)."""
+        return math.ceil(self.frames[i] * self.sample_rate / self.rates[i])
 
-    # -- cache path: un-normalised log-mels of whole files, cropped in frames
+    def _features(self, audio_16k: torch.Tensor) -> torch.Tensor:
+        """[samples] -> un-normalised features [T, F]; clips too short for the STFT are repeated."""
+        need = self.frontend.min_samples
+        if audio_16k.numel() < need:
+            audio_16k = audio_16k.repeat(math.ceil(need / max(1, audio_16k.numel())))
+        return self.frontend.features(audio_16k.unsqueeze(0))[0]
+
+    def _whole_file_features(self, i) -> torch.Tensor:
+        audio, rate = sf.read(self.files[i], dtype="float32", always_2d=True)
+        return self._features(to_mono_16k(audio, rate))
+
+    # -- audio path: a window of the file, aligned with the whole file's frame grid
+    def _window_features(self, i, start, stop) -> tuple[torch.Tensor, int]:
+        """Features of frames [start, stop) of file i (plus context): (features, first frame)."""
+        rate, n16 = self.rates[i], self._samples_16k(i)
+        # Window starts must fall on a 16 kHz sample that is also a source sample and a frame start.
+        align = _lcm(self.sample_rate // math.gcd(self.sample_rate, rate), self.hop)
+        a16 = max(0, (start - self.MARGIN_FRAMES) * self.hop) // align * align
+        b16 = min(n16, (stop + self.MARGIN_FRAMES) * self.hop)
+        if a16 == 0 and b16 == n16:
+            return self._whole_file_features(i), 0
+        a_src = a16 * rate // self.sample_rate
+        b_src = min(self.frames[i], math.ceil(b16 * rate / self.sample_rate) + 1)
+        audio, _ = sf.read(self.files[i], start=a_src, frames=b_src - a_src, dtype="float32", always_2d=True)
+        x = to_mono_16k(audio, rate)[: b16 - a16]
+        return self._features(x), a16 // self.hop
+
+    def _crop(self, i, rng) -> torch.Tensor:
+        """Un-normalised [crop_frames, F] crop of file i."""
+        n_frames = self._samples_16k(i) // self.hop + 1
+        cached = self.cache_dir is not None and self._cache_path(i).exists()
+        if n_frames <= self.crop_frames:  # short file: tile its frames
+            feats = self._cached(i) if cached else self._whole_file_features(i)
+            return feats.repeat(math.ceil(self.crop_frames / feats.shape[0]), 1)[: self.crop_frames]
+        start = int(rng.integers(0, n_frames - self.crop_frames + 1))
+        if cached:
+            return self._cached(i, start)
+        feats, first = self._window_features(i, start, start + self.crop_frames)
+        return feats[start - first: start - first + self.crop_frames]
+
+    # -- cache path: whole-file features, computed once
     def _cache_path(self, i) -> Path:
         return self.cache_dir / (hashlib.sha1(self.files[i].encode()).hexdigest() + ".npy")
 
-    def _fill_cache(self):
+    def fill_cache(self):
+        """Compute missing whole-file features (call on one process; others wait at a barrier)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         todo = [i for i in range(len(self)) if not self._cache_path(i).exists()]
-        for i in tqdm(todo, desc="caching log-mels", unit="file"):
+        for i in tqdm(todo, desc="caching features", unit="file"):
             try:
-                audio, rate = sf.read(self.files[i], dtype="float32", always_2d=True)
-                x = to_mono_16k(audio, rate)
-                if x.numel() <= self.frontend.min_samples:
-                    x = x.repeat(math.ceil((self.frontend.min_samples + 1) / max(1, x.numel())))
-                mel = self.frontend.log_mel(x.unsqueeze(0))[0].numpy().astype(np.float16)
+                feats = self._whole_file_features(i).numpy().astype(np.float16)
             except Exception as e:
                 log.warning("cannot cache %s: %s", self.files[i], e)
                 continue
             tmp = self._cache_path(i).with_suffix(".tmp.npy")
-            np.save(tmp, mel)
+            np.save(tmp, feats)
             tmp.replace(self._cache_path(i))
 
-    def _cached_crop(self, i, rng) -> torch.Tensor:
-        mel = np.load(self._cache_path(i), mmap_mode="r")
-        T = mel.shape[0]
-        if T >= self.crop_frames:
-            s = int(rng.integers(0, T - self.crop_frames + 1))
-            mel = np.asarray(mel[s:s + self.crop_frames], dtype=np.float32)
-        else:
-            mel = np.tile(np.asarray(mel, dtype=np.float32), (math.ceil(self.crop_frames / T), 1))[: self.crop_frames]
-        return torch.from_numpy(mel)
+    def _cached(self, i, start=None) -> torch.Tensor:
+        feats = np.load(self._cache_path(i), mmap_mode="r")
+        if start is not None:
+            feats = feats[start:start + self.crop_frames]
+        return torch.from_numpy(np.asarray(feats, dtype=np.float32))
 
     def __getitem__(self, item):
         epoch, position, i = item
+        errors = []
         for attempt in range(len(self)):
             j = (i + attempt) % len(self)
-            rng = _rng(self.seed, epoch, position)
+            rng = np.random.default_rng(derive_seed("crop", self.seed, epoch, position))
             try:
-                if self.cache_dir and self._cache_path(j).exists():
-                    mel = self._cached_crop(j, rng)
-                else:
-                    mel = self.frontend.log_mel(self._read_crop(j, rng).unsqueeze(0))[0, : self.crop_frames]
-                break
+                return self.frontend.normalise(self._crop(j, rng).unsqueeze(0))[0]  # per crop
             except Exception as e:  # a file that broke after the check: use the next one
                 log.warning("cannot read %s (%s); using the next file", self.files[j], e)
-        mel = (mel - mel.mean()) / (mel.std() + 1e-8)  # per-crop normalisation, as the recipe
-        return mel.unsqueeze(0)
+                errors.append(f"{self.files[j]}: {type(e).__name__}: {e}")
+                if len(errors) >= 20:
+                    break
+        raise RuntimeError(f"no readable crop for item {item}: {len(errors)} files failed in a row, "
+                           f"last {errors[-1]}")
 
 
 class EpochSampler(Sampler):
@@ -165,7 +201,7 @@ class EpochSampler(Sampler):
         self.rank, self.world, self.start = rank, world, start
 
     def order(self):
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        g = torch.Generator().manual_seed(derive_seed("order", self.seed, self.epoch))
         reps = math.ceil(self.epoch_clips / self.n_files)
         perm = torch.cat([torch.randperm(self.n_files, generator=g) for _ in range(reps)])
         return perm[: self.epoch_clips].tolist()

@@ -1,11 +1,12 @@
 """Masked spectrogram modelling (SSAST-style), one readable loop; DDP under torchrun.
 
-    python -m pretrain --config pretrain/configs/ssam_tiny.yaml --data DIR_OR_MANIFEST --out runs/NAME
-    torchrun --nproc-per-node=4 -m pretrain --config ... --data ... --out ...
+    python -m pretrain train --config pretrain/configs/ssam_tiny.yaml --data DIR_OR_MANIFEST --out runs/NAME
+    torchrun --nproc-per-node=4 -m pretrain train --config ... --data ... --out ...
 
 The encoder sees all 1 + 250 tokens; masked patches are replaced by the learnable,
-position-free mask token; the head predicts every patch; MSE over all patches (or only
-masked ones). Checkpoints are one safetensors file written atomically every
+position-free mask token; the head predicts every patch; the masking and the objective are
+named choices (pretrain/objectives.py; the recipe: unstructured, MSE over all patches).
+Checkpoints (pretrain/checkpoints.py) are one safetensors file written atomically every
 `ckpt_every` steps; `--resume` continues exactly (data order, crops and masks are all
 functions of the seed and the step, so nothing stateful needs saving).
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
 import math
 import os
@@ -22,42 +22,20 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hear_ssam import PRESETS, EncoderConfig, SSAMEncoder
+from hear_ssam import SpectrogramEncoder
 
+from .checkpoints import CHECKPOINT, load_training_checkpoint, save_training_checkpoint
 from .config import TrainConfig
 from .data import CropDataset, EpochSampler, list_audio
+from .export import export
+from .objectives import MASKINGS, MaskedSpectrogramModel
+from .seeds import derive_seed
 
 log = logging.getLogger("pretrain")
-TRAIN_FORMAT = "hear_ssam-train/1"
-CHECKPOINT = "checkpoint.safetensors"
-
-
-class MaskedSpectrogramModel(nn.Module):
-    """Encoder + head with the loss inside forward(), so DDP sees one module call."""
-
-    def __init__(self, encoder: SSAMEncoder, loss: str = "all"):
-        super().__init__()
-        self.encoder, self.loss_on = encoder, loss
-
-    def forward(self, spec, mask):
-        pred = self.encoder.reconstruct(spec, mask)
-        err = (pred.float() - self.encoder.patchify(spec)).pow(2).mean(-1)  # [B, N]
-        loss = err.mean() if self.loss_on == "all" else (err * mask).sum() / mask.sum()
-        return loss, pred
-
-
-def random_mask(batch, n_patches, ratio, generator, device):
-    """Unstructured masking: the `ratio` of patches with the largest noise, per sample."""
-    noise = torch.rand(batch, n_patches, generator=generator)
-    rank = noise.argsort(dim=1).argsort(dim=1)
-    return (rank >= int(n_patches * (1 - ratio))).to(device)
 
 
 def lr_at(step, total, warmup, peak):
@@ -74,44 +52,6 @@ def param_groups(model, weight_decay):
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_encoder(cfg: TrainConfig) -> SSAMEncoder:
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"unknown preset {cfg.preset!r}; choose from {sorted(PRESETS)}")
-    base = PRESETS[cfg.preset]
-    return SSAMEncoder(EncoderConfig(**{**base.__dict__, **cfg.encoder_overrides}))
-
-
-# ------------------------------------------------------------------ checkpoints
-
-def save_training_checkpoint(path: Path, encoder, optimizer, scaler, step, cfg, extra):
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    opt = optimizer.state_dict()
-    for pid, state in opt["state"].items():
-        for name, t in state.items():
-            tensors[f"optim.{pid}.{name}"] = torch.as_tensor(t).detach().cpu().contiguous()
-    meta = {"format": TRAIN_FORMAT, "step": step, "config": cfg.to_dict(),
-            "encoder": encoder.cfg.__dict__, "param_groups": opt["param_groups"],
-            "scaler": scaler.state_dict(), **extra}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"train": json.dumps(meta)})
-    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
-
-
-def load_training_checkpoint(path: Path):
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {})["train"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("format") != TRAIN_FORMAT:
-        raise ValueError(f"{path}: not a hear_ssam training checkpoint")
-    model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    state = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    return meta, model, {"state": state, "param_groups": meta["param_groups"]}
 
 
 # ------------------------------------------------------------------ logging
@@ -173,9 +113,15 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
     accum = cfg.global_batch // (cfg.micro_batch * world)
 
     torch.manual_seed(cfg.seed)
-    encoder = build_encoder(cfg)
+    encoder = SpectrogramEncoder(cfg.encoder_config())
     files = list_audio(data)
-    dataset = CropDataset(files, crop_frames=encoder.cfg.crop_frames, seed=cfg.seed, cache_dir=cache_dir)
+    dataset = CropDataset(files, crop_frames=encoder.cfg.crop_frames, seed=cfg.seed, cache_dir=cache_dir,
+                          frontend_cfg=cfg.frontend)
+    if dataset.cache_dir:  # filled once, by rank 0; the other ranks wait and then read it
+        if main_proc:
+            dataset.fill_cache()
+        if ddp:
+            dist.barrier()
     epoch_clips = cfg.epoch_clips or len(dataset)
     steps_per_epoch = epoch_clips // cfg.global_batch
     if steps_per_epoch == 0:
@@ -201,7 +147,8 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
     elif resume and main_proc:
         log.info("--resume: no checkpoint in %s yet, starting from scratch", out)
     encoder.to(device)
-    model = MaskedSpectrogramModel(encoder, cfg.loss)
+    model = MaskedSpectrogramModel(encoder, cfg.objective)
+    make_mask = MASKINGS[cfg.masking]
     model = DDP(model, device_ids=[local] if cuda else None) if ddp else model
 
     if main_proc:
@@ -241,8 +188,8 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
             for micro in range(accum):
                 epoch, spec = next(stream)
                 spec = spec.to(device, non_blocking=True)
-                g = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + rank) * 97 + micro)
-                mask = random_mask(spec.shape[0], encoder.cfg.num_patches, cfg.mask_ratio, g, device)
+                g = torch.Generator().manual_seed(derive_seed("mask", cfg.seed, step, rank, micro))
+                mask = make_mask(spec.shape[0], encoder.cfg.num_patches, cfg.mask_ratio, g, device)
                 sync = contextlib.nullcontext() if (not ddp or micro == accum - 1) else model.no_sync()
                 with sync:
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
@@ -276,7 +223,7 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
                 save_reconstruction(out / "plots" / f"step_{step:07d}.png", encoder, spec[0], mask[0],
                                     pred[0].detach(), step, loss_value)
             if main_proc and (step % cfg.ckpt_every == 0 or step == total):
-                save_training_checkpoint(ckpt_path, encoder, optimizer, scaler, step, cfg,
+                save_training_checkpoint(ckpt_path, encoder, cfg.frontend, optimizer, scaler, step, cfg,
                                          dict(extra, last_loss=loss_value))
     except KeyboardInterrupt:
         if main_proc:
@@ -292,7 +239,6 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
 
     model_path = out / "model.safetensors"
     if main_proc:
-        from .export import export
         export(ckpt_path, model_path)
         log.info("done: %d steps, final loss %.4f; plugin checkpoint %s", step, loss_value, model_path)
     return model_path

@@ -19,13 +19,22 @@ def mamba_ref():
 
 
 @pytest.fixture(scope="session")
+def mamba_cls():
+    """mamba_ssm's own Mamba module where installed, else the tests' restatement of its maths."""
+    import mamba_reference
+    from official_reference import ReferenceMamba
+    ref = mamba_reference.load()
+    return ref.Mamba if ref is not None else ReferenceMamba
+
+
+@pytest.fixture(scope="session")
 def random_model():
     """The seeded random-init ssam-tiny that load_model() falls back to."""
     import hear_ssam
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
-        enc = hear_ssam.SSAMEncoder(hear_ssam.PRESETS["ssam-tiny"]).eval()
+        enc = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS["ssam-tiny"]).eval()
     return hear_ssam.HearSSAM(enc)
 
 

@@ -6,11 +6,49 @@ runtime follows the released hear_api: per-clip normalised log-mel, pad by
 200 - T % 200 frames, independent 2 s chunks, `'b (f t) d -> b t (f d)'`, trim
 int(50 * pad / 200) frames, mean for the scene embedding. Nothing here imports the code
 under test except to copy weights in.
+
+`ReferenceMamba` restates REFERENCE §2 (mamba_ssm's non-fused Mamba path) with mamba_ssm's
+parameter names and a plain per-step loop, so the parity tests also run where mamba-ssm
+is not installed (tests/conftest.py's `mamba_cls` picks mamba_ssm's own module when it is).
 """
+import math
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchaudio
 from einops import rearrange
+
+
+class ReferenceMamba(nn.Module):
+    """Mamba-1 mixer, written from the maths: same parameter names and shapes as mamba_ssm."""
+
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2):
+        super().__init__()
+        E, R = expand * d_model, math.ceil(d_model / 16)
+        self.dt_rank, self.d_state = R, d_state
+        self.in_proj = nn.Linear(d_model, 2 * E, bias=False)
+        self.conv1d = nn.Conv1d(E, E, kernel_size=d_conv, groups=E, padding=d_conv - 1)
+        self.x_proj = nn.Linear(E, R + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(R, E)
+        self.A_log = nn.Parameter(torch.randn(E, d_state))
+        self.D = nn.Parameter(torch.randn(E))
+        self.out_proj = nn.Linear(E, d_model, bias=False)
+
+    def forward(self, u):
+        L = u.shape[1]
+        x, z = self.in_proj(u).chunk(2, dim=-1)  # [B, L, E]
+        x = F.silu(self.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2))
+        dt, Bm, Cm = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt))  # [B, L, E]
+        A = -torch.exp(self.A_log)
+        h = x.new_zeros(x.shape[0], x.shape[2], self.d_state)
+        ys = []
+        for t in range(L):
+            h = torch.exp(delta[:, t, :, None] * A) * h + (delta[:, t] * x[:, t])[..., None] * Bm[:, t, None, :]
+            ys.append((h * Cm[:, t, None, :]).sum(-1) + self.D * x[:, t])
+        y = torch.stack(ys, dim=1) * F.silu(z)
+        return self.out_proj(y)
 
 
 class OfficialBlock(nn.Module):

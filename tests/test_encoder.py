@@ -3,19 +3,20 @@ import math
 import pytest
 import torch
 
-from hear_ssam import PRESETS, EncoderConfig, SSAMEncoder
-from hear_ssam.encoder import sincos_pos_embed_2d
+from hear_ssam import FAMILIES, PRESETS, EncoderConfig, SpectrogramEncoder, SSAMEncoder
+from hear_ssam.encoder import TRAVERSALS, sincos_pos_embed_2d
+from hear_ssam.modules import BLOCKS
 
 
 @pytest.mark.parametrize("preset,millions", [("ssam-tiny", 4.76), ("ssam-small", 17.89), ("ssam-base", 69.25)])
 def test_trainable_parameters_match_the_paper(preset, millions):
-    enc = SSAMEncoder(PRESETS[preset])
+    enc = SpectrogramEncoder(PRESETS[preset])
     assert round(enc.num_trainable_parameters() / 1e6, 2) == millions
 
 
 def test_state_dict_has_the_official_layout():
     D, E, R = 192, 576, 12
-    sd = SSAMEncoder(PRESETS["ssam-tiny"]).state_dict()
+    sd = SpectrogramEncoder(PRESETS["ssam-tiny"]).state_dict()
     want = {"cls_token": (1, 1, D), "pos_embed": (1, 251, D), "mask_token": (1, 1, D),
             "patch_embed.proj.weight": (D, 1, 4, 16), "patch_embed.proj.bias": (D,),
             "encoder_norm.weight": (D,), "pred.0.weight": (D, D), "pred.2.weight": (64, D)}
@@ -40,13 +41,13 @@ def test_pos_embed_is_fixed_sincos_with_zero_cls_row():
     row = pe[0, 1 + t * 5 + f]
     assert torch.allclose(row[:48], torch.sin(f / 10000 ** (torch.arange(48) / 48.0)), atol=1e-6)
     assert torch.allclose(row[96:144], torch.sin(t / 10000 ** (torch.arange(48) / 48.0)), atol=1e-6)
-    enc = SSAMEncoder(PRESETS["ssam-tiny"])
+    enc = SpectrogramEncoder(PRESETS["ssam-tiny"])
     assert not enc.pos_embed.requires_grad
 
 
 def test_init_rescales_out_proj_and_zeroes_biases():
     torch.manual_seed(0)
-    enc = SSAMEncoder(PRESETS["ssam-tiny"])
+    enc = SpectrogramEncoder(PRESETS["ssam-tiny"])
     bound = 1 / math.sqrt(576) / math.sqrt(12)  # kaiming-uniform(a=sqrt 5) bound / sqrt(depth)
     w = enc.blocks[0].mixer.out_proj.weight
     assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
@@ -57,7 +58,7 @@ def test_init_rescales_out_proj_and_zeroes_biases():
 
 def test_patchify_matches_the_patch_embedding_order():
     """A patch-embed conv that copies pixel (i, j) of each patch must reproduce patchify."""
-    enc = SSAMEncoder(EncoderConfig(embed_dim=64, depth=1))
+    enc = SpectrogramEncoder(EncoderConfig(embed_dim=64, depth=1))
     with torch.no_grad():
         enc.patch_embed.proj.weight.zero_()
         enc.patch_embed.proj.bias.zero_()
@@ -67,9 +68,12 @@ def test_patchify_matches_the_patch_embedding_order():
     torch.testing.assert_close(enc.patch_embed(spec), enc.patchify(spec))
 
 
-@pytest.mark.parametrize("arch", ["ssam", "ssast"])
-def test_forward_and_reconstruct_shapes(arch):
-    enc = SSAMEncoder(EncoderConfig(arch=arch, embed_dim=48, depth=2, num_heads=3)).eval()
+VIT = dict(block="vit", block_options={"num_heads": 3, "mlp_ratio": 4.0})
+
+
+@pytest.mark.parametrize("block", [{}, VIT])
+def test_forward_and_reconstruct_shapes(block):
+    enc = SpectrogramEncoder(EncoderConfig(embed_dim=48, depth=2, **block)).eval()
     spec = torch.randn(3, 1, 200, 80)
     assert enc(spec).shape == (3, 250, 48)
     mask = torch.rand(3, 250) < 0.5
@@ -77,7 +81,7 @@ def test_forward_and_reconstruct_shapes(arch):
 
 
 def test_masked_tokens_carry_no_position():
-    enc = SSAMEncoder(EncoderConfig(embed_dim=48, depth=1)).eval()
+    enc = SpectrogramEncoder(EncoderConfig(embed_dim=48, depth=1)).eval()
     mask = torch.zeros(1, 250, dtype=torch.bool)
     mask[0, [3, 100]] = True
     tokens = enc.embed(torch.randn(1, 1, 200, 80), mask)
@@ -87,7 +91,7 @@ def test_masked_tokens_carry_no_position():
 
 def test_causal_prefix_equals_padded_crop():
     torch.manual_seed(0)
-    enc = SSAMEncoder(PRESETS["ssam-tiny"]).eval()
+    enc = SpectrogramEncoder(PRESETS["ssam-tiny"]).eval()
     spec = torch.randn(2, 1, 200, 80)
     spec[:, :, 84:] = 0
     with torch.no_grad():
@@ -98,11 +102,78 @@ def test_causal_prefix_equals_padded_crop():
 
 
 def test_bidirectional_encoder_refuses_a_cut_crop():
-    enc = SSAMEncoder(EncoderConfig(arch="ssast", embed_dim=48, depth=1, num_heads=3))
+    enc = SpectrogramEncoder(EncoderConfig(embed_dim=48, depth=1, **VIT))
     with pytest.raises(ValueError, match=r"\[batch, 1, 200, 80\]"):
         enc(torch.randn(1, 1, 84, 80))
 
 
 def test_bad_config_is_named():
-    with pytest.raises(ValueError, match="arch must be"):
-        EncoderConfig(arch="transformer")
+    with pytest.raises(ValueError, match=r"block must be one of \['mamba', .*got 'transformer'"):
+        EncoderConfig(block="transformer")
+    with pytest.raises(ValueError, match="traversal must be one of"):
+        EncoderConfig(traversal="backward")
+    with pytest.raises(ValueError, match="even depth"):
+        EncoderConfig(traversal="flipped_pairs", depth=3)
+    with pytest.raises(TypeError, match="num_heads"):
+        SpectrogramEncoder(EncoderConfig(depth=1, block_options={"num_heads": 3}))  # not a Mamba option
+
+
+def test_presets_are_derived_from_the_families():
+    assert SSAMEncoder is SpectrogramEncoder
+    assert set(PRESETS) == {f"{f}-{s}" for f in ("ssam", "ssast") for s in ("tiny", "small", "base")}
+    for name, cfg in PRESETS.items():
+        family = FAMILIES[name.split("-")[0]]
+        assert cfg.block == family.block and cfg.traversal == family.traversal
+        assert cfg.n_mels == family.frontend.n_mels
+    assert PRESETS["ssam-base"].block_options == {"d_state": 24, "d_conv": 4, "expand": 3}
+    assert PRESETS["ssast-small"].block_options == {"num_heads": 6, "mlp_ratio": 4.0}
+    for block in BLOCKS.values():
+        assert isinstance(block.causal, bool) and callable(block.init_encoder)
+
+
+class Shift(torch.nn.Module):
+    """A toy causal block: stream + (stream shifted right by one token), tagged by its index."""
+    causal = True
+
+    def __init__(self, index):
+        super().__init__()
+        self.index = index
+
+    def forward(self, hidden, residual):
+        x = hidden if residual is None else hidden + residual
+        shifted = torch.nn.functional.pad(x, (0, 0, 1, 0))[:, :-1]
+        return x + shifted * (self.index + 1), None
+
+
+def test_traversals_flip_the_right_blocks():
+    x = torch.randn(2, 7, 3)
+    blocks = [Shift(i) for i in range(4)]
+    fwd, _ = TRAVERSALS["forward"](blocks, x, None)
+    want = x
+    for b in blocks:
+        want = b(want, None)[0]
+    torch.testing.assert_close(fwd, want)
+    alt, _ = TRAVERSALS["alternate"](blocks, x, None)
+    want = x
+    for i, b in enumerate(blocks):
+        want = b(want.flip(1), None)[0].flip(1) if i % 2 else b(want, None)[0]
+    torch.testing.assert_close(alt, want)
+    pairs, _ = TRAVERSALS["flipped_pairs"](blocks, x, None)
+    want = x
+    for a, b in zip(blocks[0::2], blocks[1::2]):
+        want = a(want, None)[0] + b(want.flip(1), None)[0].flip(1)  # the stream doubles, as SSAMBA's
+    torch.testing.assert_close(pairs, want)
+
+
+@pytest.mark.parametrize("traversal", ["alternate", "flipped_pairs"])
+def test_a_flipping_traversal_is_not_causal(traversal):
+    enc = SpectrogramEncoder(EncoderConfig(embed_dim=32, depth=2, traversal=traversal)).eval()
+    assert not enc.is_causal
+    spec = torch.randn(1, 1, 200, 80)
+    later = spec.clone()
+    later[:, :, 150:] += 1.0
+    with torch.no_grad():
+        a, b = enc(spec), enc(later)
+    assert not torch.allclose(a[:, :5], b[:, :5])  # early tokens see the future
+    with pytest.raises(ValueError, match="log-mel crops"):
+        enc(spec[:, :, :84])  # no causal-prefix shortcut

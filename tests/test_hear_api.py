@@ -32,7 +32,7 @@ def test_bundled_default_checkpoint():
     for key in ("steps", "global_batch", "final_loss", "data_hours", "command"):
         assert prov.get(key) not in (None, ""), key
     torch.manual_seed(0)
-    random = hear_ssam.SSAMEncoder(hear_ssam.PRESETS["ssam-tiny"])
+    random = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS["ssam-tiny"])
     w = model.encoder.blocks[0].mixer.in_proj.weight
     assert not torch.allclose(w, random.blocks[0].mixer.in_proj.weight)
 
@@ -107,7 +107,7 @@ def test_one_two_minute_clip(random_model):
 
 def test_ssast_baseline_runs_through_the_same_api():
     torch.manual_seed(0)
-    enc = hear_ssam.SSAMEncoder(hear_ssam.PRESETS["ssast-tiny"]).eval()
+    enc = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS["ssast-tiny"]).eval()
     model = hear_ssam.HearSSAM(enc)
     emb, ts = hear_ssam.get_timestamp_embeddings(noise(2, 3.1), model)
     assert emb.shape == (2, model.n_frames(int(3.1 * 16000)), 960)

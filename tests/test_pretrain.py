@@ -12,13 +12,16 @@ import soundfile as sf
 import torch
 
 import hear_ssam
+from pretrain.checkpoints import CHECKPOINT
 from pretrain.config import TrainConfig, load_config
 from pretrain.data import CropDataset, EpochSampler, list_audio
-from pretrain.train import (CHECKPOINT, MaskedSpectrogramModel, lr_at, param_groups,
-                            random_mask, train)
+from pretrain.objectives import MaskedSpectrogramModel
+from pretrain.objectives import unstructured_mask as random_mask
+from pretrain.seeds import derive_seed
+from pretrain.train import lr_at, param_groups, train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+TINY = {"embed_dim": 32, "depth": 2}
 
 
 def make_audio(folder: Path, n=12, seed=0):
@@ -55,15 +58,20 @@ def test_paper_configs_reproduce_the_recipe():
         cfg = load_config(ROOT / "pretrain" / "configs" / f"{name}.yaml")
         assert cfg.preset == name.replace("_", "-")
         assert cfg.lr == pytest.approx(6e-4) and cfg.betas == (0.9, 0.95) and cfg.weight_decay == 0.05
-        assert cfg.mask_ratio == 0.5 and cfg.loss == "all" and cfg.epochs == 100 and cfg.warmup_epochs == 10
+        assert cfg.mask_ratio == 0.5 and cfg.objective == "mse_all" and cfg.masking == "unstructured"
+        assert cfg.epochs == 100 and cfg.warmup_epochs == 10
         assert cfg.precision == "fp16"
 
 
 def test_config_errors_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"unknown config keys \['batchsize'\]"):
         load_config(None, ["batchsize=3"])
-    with pytest.raises(ValueError, match="loss must be"):
-        load_config(None, ["loss=l1"])
+    with pytest.raises(ValueError, match=r"objective must be one of \['mse_all', 'mse_masked'\]"):
+        load_config(None, ["objective=l1"])
+    with pytest.raises(ValueError, match="unknown preset 'ssam-huge'"):
+        load_config(None, ["preset=ssam-huge"])
+    with pytest.raises(ValueError, match="encoder_overrides"):
+        load_config(None, ["encoder_overrides={width: 3}"]).encoder_config()
     with pytest.raises(ValueError, match="not key=value"):
         load_config(None, ["oops"])
 
@@ -78,7 +86,7 @@ def test_lr_warms_up_linearly_then_half_cosine_to_zero():
 
 
 def test_no_weight_decay_on_1d_params_and_biases():
-    enc = hear_ssam.SSAMEncoder(hear_ssam.EncoderConfig(**TINY))
+    enc = hear_ssam.SpectrogramEncoder(tiny_config().encoder_config())
     decay, no_decay = param_groups(enc, 0.05)
     names = {id(p): n for n, p in enc.named_parameters()}
     assert all(p.ndim >= 2 and not names[id(p)].endswith("bias") for p in decay["params"])
@@ -97,11 +105,11 @@ def test_unstructured_mask_hides_exactly_half_per_sample():
 
 def test_loss_all_patches_or_masked_only():
     torch.manual_seed(0)
-    enc = hear_ssam.SSAMEncoder(hear_ssam.EncoderConfig(**TINY))
+    enc = hear_ssam.SpectrogramEncoder(tiny_config().encoder_config())
     spec = torch.randn(2, 1, 200, 80)
     mask = random_mask(2, 250, 0.5, torch.Generator().manual_seed(1), "cpu")
-    loss_all, pred = MaskedSpectrogramModel(enc, "all")(spec, mask)
-    loss_masked, _ = MaskedSpectrogramModel(enc, "masked")(spec, mask)
+    loss_all, pred = MaskedSpectrogramModel(enc, "mse_all")(spec, mask)
+    loss_masked, _ = MaskedSpectrogramModel(enc, "mse_masked")(spec, mask)
     err = (pred - enc.patchify(spec)).pow(2).mean(-1)
     assert loss_all.item() == pytest.approx(err.mean().item(), rel=1e-5)
     assert loss_masked.item() == pytest.approx(err[mask].mean().item(), rel=1e-5)
@@ -118,6 +126,47 @@ def test_data_skips_corrupt_files_resamples_and_tiles(tmp_path):
     assert abs(crop.mean().item()) < 1e-4 and abs(crop.std().item() - 1) < 1e-3
     assert torch.equal(ds[(2, 5, 4)], ds[(2, 5, 4)])  # deterministic per (epoch, position)
     assert not torch.equal(ds[(2, 5, 4)], ds[(3, 5, 4)])
+
+
+def test_cached_and_uncached_crops_agree(tmp_path):
+    """The audio path reads a window around the crop; the cache slices whole-file features.
+    Both give the same frames (up to the cache's fp16 storage), at every sample rate."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for rate in (16000, 22050, 44100, 11025):
+        t = np.arange(int(rate * 6.3)) / rate
+        x = np.sin(2 * np.pi * 300 * t * (1 + t)) * 0.3 + 0.05 * rng.standard_normal(t.size)
+        sf.write(folder / f"sweep_{rate}.wav", x.astype(np.float32), rate)
+    sf.write(folder / "short.wav", (0.1 * rng.standard_normal(9000)).astype(np.float32), 16000)
+    files = list_audio(folder)
+    plain = CropDataset(files, seed=1)
+    cached = CropDataset(files, seed=1, cache_dir=tmp_path / "cache")
+    cached.fill_cache()
+    assert len(list(cached.cache_dir.glob("*.npy"))) == len(files)
+    for i in range(len(files)):
+        for position in range(3):
+            a, b = plain[(0, position, i)], cached[(0, position, i)]
+            assert a.shape == b.shape == (1, 200, 80)
+            torch.testing.assert_close(a, b, rtol=0, atol=0.02, msg=lambda m: f"{files[i]}: {m}")
+    long = next(i for i, f in enumerate(files) if "44100" in f)
+    assert not torch.equal(plain[(0, 0, long)], plain[(0, 1, long)])  # the crop start moves
+
+
+def test_every_file_failing_is_a_clear_error(tmp_path):
+    folder = make_audio(tmp_path / "audio", n=3)
+    ds = CropDataset(list_audio(folder))
+    for f in folder.glob("clip*"):
+        f.write_bytes(b"RIFF\x00\x00garbage")  # broken after the up-front check
+    with pytest.raises(RuntimeError, match=r"no readable crop for item \(0, 0, 0\): 3 files failed"):
+        ds[(0, 0, 0)]
+
+
+def test_derive_seed_depends_on_every_key():
+    assert derive_seed("mask", 0, 5, 1) == derive_seed("mask", 0, 5, 1)
+    seeds = {derive_seed("mask", 0, 5, 1), derive_seed("mask", 0, 5, 0), derive_seed("mask", 1, 5, 1),
+             derive_seed("crop", 0, 5, 1), derive_seed("mask", 0, 51)}
+    assert len(seeds) == 5 and all(0 <= s < 2**32 for s in seeds)
 
 
 def test_manifest_input_and_missing_data(tmp_path):
@@ -185,20 +234,10 @@ def test_plots_and_metrics_are_written(tmp_path):
 
 
 def test_cli_errors_are_clear(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pretrain", "--data", str(tmp_path / "none"),
+    r = subprocess.run([sys.executable, "-m", "pretrain", "train", "--data", str(tmp_path / "none"),
                         "--out", str(tmp_path / "o"), "--set", "max_steps=1"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "no such folder or manifest" in r.stderr and "Traceback" not in r.stderr
-
-
-def test_corpus_sources_are_disjoint_from_the_eval_suite():
-    from pretrain.corpus import EVAL_PACKAGES, SOURCES
-    assert not set(SOURCES) & EVAL_PACKAGES
-    try:
-        from eval_suites.mini import PACKAGES as mini_packages
-    except ImportError:
-        pytest.skip("mini suite not built yet")
-    assert set(mini_packages) <= EVAL_PACKAGES
 
 
 @pytest.mark.slow
@@ -207,12 +246,15 @@ def test_torchrun_ddp_two_processes_and_validator_on_the_export(tmp_path):
     run = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                        "-m", "pretrain", "--data", str(data), "--out", str(run), "--set", "preset=ssam-tiny",
+                        "-m", "pretrain", "train", "--data", str(data), "--out", str(run),
+                        "--cache", str(tmp_path / "cache"), "--set", "preset=ssam-tiny",
                         f"encoder_overrides={TINY}", "global_batch=4", "micro_batch=2", "epoch_clips=8",
                         "max_steps=2", "num_workers=0", "log_every=1", "plot_every=0"],
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "(2 x 2 x 1 accum)" in r.stderr
+    caches = list((tmp_path / "cache").iterdir())  # filled once by rank 0: one file per clip, no leftovers
+    assert len(caches) == 1 and sorted(p.suffix for p in caches[0].iterdir()) == [".npy"] * 12
     assert [s for s, _ in losses(run)] == [1, 2] and all(math.isfinite(v) for _, v in losses(run))
     v = subprocess.run([str(Path(sys.executable).parent / "hear-validator"), "hear_ssam", "--model",
                         str(run / "model.safetensors")], capture_output=True, text=True, cwd=tmp_path, env=env)

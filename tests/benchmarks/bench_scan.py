@@ -35,7 +35,7 @@ def child(method, mode, B, L, d_model, repeats):
         import mamba_reference
         fn = mamba_reference.load().selective_scan_ref
     else:
-        from hear_ssam.selective_scan import selective_scan as fn
+        from hear_ssam.ops.selective_scan_chunked import selective_scan_chunked as fn
 
     def once():
         with torch.set_grad_enabled(train):

@@ -1,4 +1,4 @@
-"""Selective scan (the S6 recurrence of Mamba-1) in plain PyTorch.
+"""Chunked selective scan (the S6 recurrence of Mamba-1) in plain PyTorch.
 
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
     y_t = <C_t, h_t> + D * u_t,      y = y * silu(z)
@@ -104,8 +104,8 @@ class SelectiveScan(torch.autograd.Function):
         return back(gu), back(gdelta), gA, back(gB), back(gC), None
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   chunk_len=None):
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           chunk_len=None):
     """Drop-in for mamba_ssm's `selective_scan_fn` (same arguments, fp32 maths)."""
     dtype_in = u.dtype
     u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))

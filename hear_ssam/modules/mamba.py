@@ -1,9 +1,9 @@
-"""Mamba-1 mixer with mamba_ssm's parameter names, shapes and initialisation.
+"""Mamba-1 mixer with mamba_ssm's parameter names, shapes and initialisation, and its block.
 
 State dicts of `mamba_ssm.modules.mamba_simple.Mamba` (and the official SSAM checkpoints,
-which are built from it) load into this module strictly. On CUDA, when mamba_ssm's
-compiled kernels import, the fused kernels run on the same parameters; everywhere else
-the chunked pure-PyTorch scan in `selective_scan.py` does.
+which are built from it) load into `Mamba` strictly. The scan itself is numerics, chosen by
+the one dispatch point `hear_ssam.ops.selective_scan` (mamba_ssm's fused CUDA kernel when
+it imports, else the fastest available implementation for the device).
 """
 from __future__ import annotations
 
@@ -13,41 +13,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .selective_scan import selective_scan
-
-
-def _cuda_kernels():
-    """mamba_ssm's fused functions, or None when they are not installed/compiled."""
-    try:
-        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn, selective_scan_fn
-    except Exception:  # ImportError, or a CUDA extension that fails to load
-        return None
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception:
-        causal_conv1d_fn = None
-    return mamba_inner_fn, selective_scan_fn, causal_conv1d_fn
-
-
-_KERNELS = "unprobed"
-
-
-def cuda_kernels():
-    global _KERNELS
-    if _KERNELS == "unprobed":
-        _KERNELS = _cuda_kernels()
-    return _KERNELS
+from ..ops import selective_scan
 
 
 class Mamba(nn.Module):
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto",
                  dt_min=1e-3, dt_max=1e-1, dt_init_floor=1e-4, dt_scale=1.0,
-                 conv_bias=True, bias=False, use_fast_path=True):
+                 conv_bias=True, bias=False):
         super().__init__()
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
-        self.use_fast_path = use_fast_path
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
         self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv,
@@ -73,25 +49,50 @@ class Mamba(nn.Module):
         self.D._no_weight_decay = True
 
     def forward(self, hidden_states):
-        """hidden_states: [B, L, d_model] -> [B, L, d_model]."""
+        """[B, L, d_model] -> [B, L, d_model]."""
         seqlen = hidden_states.shape[1]
         A = -torch.exp(self.A_log.float())
         xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2E, L]
-        kernels = cuda_kernels() if (self.use_fast_path and xz.is_cuda) else None
-        if kernels is not None and kernels[2] is not None:
-            mamba_inner_fn = kernels[0]
-            return mamba_inner_fn(
-                xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
-                self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias, A, None, None,
-                self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
-
         x, z = xz.chunk(2, dim=1)
         x = F.silu(self.conv1d(x)[..., :seqlen])  # causal: keep the first L outputs
         dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)),
                                [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # bias is added inside the scan
         B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
-        scan = kernels[1] if kernels is not None else selective_scan
-        y = scan(x.contiguous(), dt.contiguous(), A, B, C, self.D.float(), z=z.contiguous(),
-                 delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        y = selective_scan(x.contiguous(), dt.contiguous(), A, B, C, self.D.float(), z=z.contiguous(),
+                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         return self.out_proj(y.transpose(1, 2))
+
+
+class MambaBlock(nn.Module):
+    """mamba_ssm's Block without fusion: residual += hidden; hidden = mixer(norm(residual)).
+
+    The stream is hidden + residual; the residual is kept in fp32 (as mamba_ssm's
+    `residual_in_fp32`).
+    """
+    causal = True  # output token k depends only on tokens <= k
+
+    def __init__(self, dim: int, norm_eps: float = 1e-6, d_state: int = 16, d_conv: int = 4, expand: int = 2):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mixer = Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand)
+
+    def forward(self, hidden, residual):
+        """hidden, residual: [B, L, D] (residual None at the first block) -> (hidden, residual)."""
+        residual = hidden if residual is None else residual + hidden
+        hidden = self.norm(residual.to(self.norm.weight.dtype))
+        return self.mixer(hidden), residual.float()
+
+    @staticmethod
+    def init_encoder(encoder: nn.Module, depth: int) -> None:
+        """mamba_ssm's recipe, applied model-wide as the official code does: zero every Linear
+        bias (except dt_proj's), and shrink each mixer's out_proj by 1/sqrt(depth)."""
+        for m in encoder.modules():
+            if isinstance(m, nn.Linear) and m.bias is not None and not getattr(m.bias, "_no_reinit", False):
+                nn.init.zeros_(m.bias)
+        for m in encoder.modules():
+            if isinstance(m, Mamba):
+                w = m.out_proj.weight
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+                with torch.no_grad():
+                    w /= math.sqrt(depth)

@@ -1,0 +1,16 @@
+"""nn.Modules: the blocks an encoder stacks, with the field's parameter names.
+
+The block contract (every entry of BLOCKS):
+- `Block(dim, norm_eps=..., **options)`; unknown options raise TypeError;
+- `forward(hidden, residual) -> (hidden, residual)`, [B, L, D] each, the stream being
+  hidden + residual (residual None = 0), so mamba_ssm's add-norm blocks and pre-norm
+  residual blocks share one loop;
+- `causal`: whether output token k depends only on input tokens <= k;
+- `init_encoder(encoder, depth)`: the family's model-wide init, run once after construction.
+"""
+from .mamba import Mamba, MambaBlock
+from .vit import ViTBlock
+
+BLOCKS = {"mamba": MambaBlock, "vit": ViTBlock}
+
+__all__ = ["BLOCKS", "Mamba", "MambaBlock", "ViTBlock"]

@@ -1,0 +1,84 @@
+"""The one dispatch point for the selective scan: which implementation runs, and why.
+
+    y = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=b, delta_softplus=True)
+
+Every backend has mamba_ssm's `selective_scan_fn` signature and fp32 maths, and is tested
+against `selective_scan_ref` (tests/test_scan_backends.py). The choice, first match wins:
+
+1. the `backend=` argument;
+2. the environment variable HEAR_SSAM_SCAN (for tests and benchmarks; e.g. `reference`);
+3. automatic, by the device of `u`: the first available of AUTO_ORDER[device type].
+
+A backend named explicitly but unavailable raises, naming why; the automatic choice skips
+it. `SCAN_BACKENDS` is a plain dict (name -> loader returning the function, or raising
+`BackendUnavailable`), so a new implementation is one module plus one entry here.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+from .errors import BackendUnavailable
+from .selective_scan_chunked import selective_scan_chunked
+from .selective_scan_ref import selective_scan_ref
+
+SCAN_ENV = "HEAR_SSAM_SCAN"
+
+
+def _mamba_ssm_cuda():
+    """mamba_ssm's fused CUDA kernel, when its compiled extension imports."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception as e:  # ImportError, or a CUDA extension that fails to load
+        raise BackendUnavailable(f"mamba_ssm's CUDA kernels do not import ({type(e).__name__}: {e})") from None
+    return selective_scan_fn
+
+
+SCAN_BACKENDS = {
+    "cuda": _mamba_ssm_cuda,            # mamba_ssm's fused kernel (CUDA tensors only)
+    "chunked": lambda: selective_scan_chunked,   # pure PyTorch, bounded memory, any device
+    "reference": lambda: selective_scan_ref,     # plain loop, the ground truth of the tests
+}
+# Which backends serve which device type, fastest first. A CUDA-only backend is never
+# picked for CPU tensors and vice versa.
+AUTO_ORDER = {"cuda": ("cuda", "chunked"), "cpu": ("chunked",)}
+DEVICE_ONLY = {"cuda": "cuda"}
+
+
+@functools.lru_cache(maxsize=None)
+def load_backend(name: str):
+    """The scan function of backend `name`; raises BackendUnavailable (cached either way)."""
+    if name not in SCAN_BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {name!r}; choose from {sorted(SCAN_BACKENDS)}")
+    return SCAN_BACKENDS[name]()
+
+
+def _available(name: str) -> bool:
+    try:
+        load_backend(name)
+        return True
+    except BackendUnavailable:
+        return False
+
+
+def resolve_backend(device_type: str, backend: str | None = None) -> str:
+    """The backend name that `selective_scan` uses for tensors on `device_type`."""
+    requested = backend or os.environ.get(SCAN_ENV) or None
+    if requested:
+        load_backend(requested)  # raises with the reason if it cannot run
+        only = DEVICE_ONLY.get(requested)
+        if only and only != device_type:
+            raise BackendUnavailable(f"selective-scan backend {requested!r} runs on {only} tensors only, "
+                                     f"got {device_type} tensors")
+        return requested
+    for name in AUTO_ORDER.get(device_type, ("chunked",)):
+        if _available(name):
+            return name
+    return "chunked"
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   backend: str | None = None):
+    """mamba_ssm's `selective_scan_fn`: u, delta, z [batch, E, L]; A [E, N]; B, C [batch, N, L]."""
+    fn = load_backend(resolve_backend(u.device.type, backend))
+    return fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)

@@ -1,0 +1,102 @@
+"""Model families as data, and the presets derived from them.
+
+A `Family` says which block the encoder stacks and how (traversal), its sizes, the
+frontend it was trained on, and how to read its official checkpoints: `detect(state)`
+recognises a foreign state dict by its keys, `from_official(state)` renames its keys to
+ours (timm's `checkpoint_filter_fn` pattern; returns (our keys, set-aside keys)), and
+`block_options_from_state` reads the block's hyper-parameters off tensor shapes.
+
+    PRESETS["ssam-tiny"]      -> EncoderConfig     (every family x size)
+    FAMILIES["ssam"].frontend -> FrontendConfig
+
+Adding a family = one block module in `modules/` + one entry in FAMILIES.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from .encoder import EncoderConfig
+from .frontend import FrontendConfig
+
+
+def identity_keys(state: dict) -> tuple[dict, dict]:
+    """Official SSAM/SSAST/AxLSTM files already use our names: nothing renamed or set aside."""
+    return dict(state), {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    name: str
+    title: str  # paper / model name, for `info` and README
+    block: str  # key of modules.BLOCKS
+    block_options: dict  # shared by every size
+    sizes: dict  # size -> {"embed_dim": D, **size-specific block options}
+    traversal: str = "forward"
+    frontend: FrontendConfig = FrontendConfig()
+    encoder: dict = dataclasses.field(default_factory=dict)  # other EncoderConfig fields
+    detect: Callable[[dict], bool] = lambda state: False
+    from_official: Callable[[dict], tuple] = identity_keys
+    block_options_from_state: Callable[[dict, int], dict] = lambda state, dim: {}
+
+    def config(self, size: str) -> EncoderConfig:
+        spec = dict(self.sizes[size])
+        dim = spec.pop("embed_dim")
+        return EncoderConfig(block=self.block, block_options={**self.block_options, **spec},
+                             traversal=self.traversal, embed_dim=dim, n_mels=self.frontend.n_mels,
+                             **self.encoder)
+
+    def config_from_state(self, state: dict) -> EncoderConfig:
+        """The EncoderConfig of a (renamed) state dict, read off its tensor shapes."""
+        dim = state["cls_token"].shape[-1]
+        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        pt, pf = state["patch_embed.proj.weight"].shape[-2:]
+        n_tokens = state["pos_embed"].shape[1] - 1
+        n_f = self.frontend.n_mels // pf
+        options = {**self.block_options, **self.block_options_from_state(state, dim)}
+        fields = dict(self.encoder, depth=depth, patch_time=pt, patch_freq=pf,
+                      crop_frames=pt * (n_tokens // n_f))
+        return EncoderConfig(block=self.block, block_options=options, traversal=self.traversal,
+                             embed_dim=dim, n_mels=self.frontend.n_mels, **fields)
+
+
+def _mamba_options(state, dim):
+    E, N = state["blocks.0.mixer.A_log"].shape
+    return {"d_state": N, "expand": E // dim, "d_conv": state["blocks.0.mixer.conv1d.weight"].shape[-1]}
+
+
+def _vit_options(state, dim):
+    # Heads are not visible in the shapes; the SSAST baselines use 64 channels per head.
+    return {"num_heads": max(1, dim // 64), "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / dim}
+
+
+FAMILIES = {f.name: f for f in (
+    Family(name="ssam", title="SSAM (Audio Mamba, Yadav & Tan 2024)", block="mamba",
+           block_options={"d_state": 24, "d_conv": 4, "expand": 3},
+           sizes={"tiny": {"embed_dim": 192}, "small": {"embed_dim": 384}, "base": {"embed_dim": 768}},
+           detect=lambda state: "blocks.0.mixer.A_log" in state and "blocks.0.mixer.A_b_log" not in state,
+           block_options_from_state=_mamba_options),
+    Family(name="ssast", title="SSAST baseline (ViT, in the SSAM framework)", block="vit",
+           block_options={"mlp_ratio": 4.0},
+           sizes={"tiny": {"embed_dim": 192, "num_heads": 3}, "small": {"embed_dim": 384, "num_heads": 6},
+                  "base": {"embed_dim": 768, "num_heads": 12}},
+           detect=lambda state: "blocks.0.attn.qkv.weight" in state,
+           block_options_from_state=_vit_options),
+)}
+
+PRESETS = {f"{family.name}-{size}": family.config(size)
+           for family in FAMILIES.values() for size in family.sizes}
+
+
+def family_of_preset(preset: str) -> Family:
+    return FAMILIES[preset.split("-", 1)[0]]
+
+
+def preset_name(cfg: EncoderConfig) -> str | None:
+    """The preset an EncoderConfig equals, if any."""
+    return next((name for name, p in PRESETS.items() if p == cfg), None)
+
+
+def family_of_config(cfg: EncoderConfig) -> Family | None:
+    """The family whose block and traversal a config uses (None for a custom combination)."""
+    return next((f for f in FAMILIES.values() if f.block == cfg.block and f.traversal == cfg.traversal), None)

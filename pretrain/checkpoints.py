@@ -1,0 +1,60 @@
+"""Training checkpoints: weights + AdamW state + the run's metadata in one safetensors file.
+
+    OUT/checkpoint.safetensors   tensors "model.*" and "optim.<param id>.<name>",
+                                 metadata "train" = JSON {format, step, config, encoder,
+                                 frontend, param_groups, scaler, data, ...}
+
+Written to a `.tmp` and renamed, so a kill mid-write leaves the previous checkpoint intact.
+No pickle anywhere. `python -m pretrain export` turns one into a plugin checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from hear_ssam.checkpoint import TRAIN_METADATA_KEY, upgrade_v1
+
+TRAIN_FORMAT = "hear_ssam-train/2"
+TRAIN_FORMAT_V1 = "hear_ssam-train/1"  # encoder config in format-1 layout, no frontend
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def save_training_checkpoint(path: Path, encoder, frontend, optimizer, scaler, step, cfg, extra):
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, state in opt["state"].items():
+        for name, t in state.items():
+            tensors[f"optim.{pid}.{name}"] = torch.as_tensor(t).detach().cpu().contiguous()
+    meta = {"format": TRAIN_FORMAT, "step": step, "config": cfg.to_dict(),
+            "encoder": encoder.cfg.to_dict(), "frontend": frontend.to_dict(),
+            "param_groups": opt["param_groups"], "scaler": scaler.state_dict(), **extra}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={TRAIN_METADATA_KEY: json.dumps(meta)})
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+
+
+def load_training_checkpoint(path: Path):
+    """(metadata, model state dict, optimiser state dict) of a training checkpoint."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})[TRAIN_METADATA_KEY])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise ValueError(f"{path}: not a hear_ssam training checkpoint ({type(e).__name__}: {e})") from None
+    if meta.get("format") == TRAIN_FORMAT_V1:
+        upgraded = upgrade_v1({"format": "hear_ssam/1", "encoder": meta["encoder"]})
+        meta.update(format=TRAIN_FORMAT, encoder=upgraded["encoder"], frontend=upgraded["frontend"])
+    if meta.get("format") != TRAIN_FORMAT:
+        raise ValueError(f"{path}: unknown training checkpoint format {meta.get('format')!r}")
+    model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    state = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    return meta, model, {"state": state, "param_groups": meta["param_groups"]}

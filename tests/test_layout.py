@@ -1,0 +1,77 @@
+"""The house's import rules: no cycles; hear_ssam imports no other folder; pretrain never
+imports eval_suites. Imports are read from the source (module level and inside functions)."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("hear_ssam", "pretrain", "eval_suites", "results")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, name: str) -> set:
+    """Project modules that `path` imports (resolving relative imports and `from pkg import mod`)."""
+    is_pkg = path.name == "__init__.py"
+    here = name if is_pkg else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = here.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t.split(".")[0] in PACKAGES}
+    return found
+
+
+def graph() -> dict:
+    modules = {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    edges = {}
+    for name, path in modules.items():
+        edges[name] = {t for t in imports_of(path, name) if t in modules and t != name}
+    return edges
+
+
+def test_no_import_cycles():
+    edges = graph()
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for t in sorted(edges[m]):
+            if state.get(t) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(t):] + [t]))
+            if t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = "done"
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+
+
+def test_the_plugin_imports_no_other_folder_and_pretrain_not_eval_suites():
+    for name, targets in graph().items():
+        top = name.split(".")[0]
+        others = {t.split(".")[0] for t in targets} - {top}
+        if top == "hear_ssam":
+            assert not others, f"{name} imports {others}"
+        if top == "pretrain":
+            assert "eval_suites" not in others and "results" not in others, f"{name} imports {others}"
+
+
+def test_the_graph_sees_real_imports():
+    edges = graph()
+    assert "hear_ssam.ops.selective_scan" in edges["hear_ssam.modules.mamba"] | {
+        t + ".selective_scan" for t in edges["hear_ssam.modules.mamba"]}
+    assert "pretrain.debian" in edges["eval_suites.mini"]
