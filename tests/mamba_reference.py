@@ -12,10 +12,15 @@ import types
 
 
 def load():
-    spec = importlib.util.find_spec("mamba_ssm")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    if "mamba_ssm" not in sys.modules or not hasattr(sys.modules["mamba_ssm"], "_hear_ssam_stub"):
+    """mamba_ssm's references, or None when mamba-ssm is not installed. Safe to call again
+    (the stub package registered by the first call has no __spec__ for find_spec to read)."""
+    if not hasattr(sys.modules.get("mamba_ssm"), "_hear_ssam_stub"):
+        try:
+            spec = importlib.util.find_spec("mamba_ssm")
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            return None
         pkg = types.ModuleType("mamba_ssm")
         pkg.__path__ = list(spec.submodule_search_locations)
         pkg._hear_ssam_stub = True
