@@ -70,10 +70,19 @@ def _vit_options(state, dim):
     return {"num_heads": max(1, dim // 64), "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / dim}
 
 
+def _mlstm_options(state, dim):
+    return {"expansion": state["blocks.0.layer.proj_up.weight"].shape[0] // (2 * dim),
+            "num_heads": state["blocks.0.layer.mlstm_cell.igate.weight"].shape[0],
+            "conv_kernel": state["blocks.0.layer.conv1d.conv.weight"].shape[-1],
+            "qkv_block_size": state["blocks.0.layer.q_proj.weight"].shape[-1]}
+
+
+_SIZES = {"tiny": {"embed_dim": 192}, "small": {"embed_dim": 384}, "base": {"embed_dim": 768}}
+
 FAMILIES = {f.name: f for f in (
     Family(name="ssam", title="SSAM (Audio Mamba, Yadav & Tan 2024)", block="mamba",
            block_options={"d_state": 24, "d_conv": 4, "expand": 3},
-           sizes={"tiny": {"embed_dim": 192}, "small": {"embed_dim": 384}, "base": {"embed_dim": 768}},
+           sizes=_SIZES,
            detect=lambda state: "blocks.0.mixer.A_log" in state and "blocks.0.mixer.A_b_log" not in state,
            block_options_from_state=_mamba_options),
     Family(name="ssast", title="SSAST baseline (ViT, in the SSAM framework)", block="vit",
@@ -82,6 +91,14 @@ FAMILIES = {f.name: f for f in (
                   "base": {"embed_dim": 768, "num_heads": 12}},
            detect=lambda state: "blocks.0.attn.qkv.weight" in state,
            block_options_from_state=_vit_options),
+    # AxLSTM: 12 pre-LN mLSTM blocks (4 cell heads at every width), odd blocks run on the
+    # flipped sequence; block norms eps 1e-5 (encoder_norm keeps 1e-6).
+    Family(name="axlstm", title="AxLSTM (Audio xLSTMs, Yadav, Theodoridis & Tan 2025)", block="mlstm",
+           block_options={"norm_eps": 1e-5, "num_heads": 4, "expansion": 2, "conv_kernel": 4,
+                          "qkv_block_size": 4},
+           sizes=_SIZES, traversal="alternate",
+           detect=lambda state: "blocks.0.layer.proj_up.weight" in state,
+           block_options_from_state=_mlstm_options),
 )}
 
 PRESETS = {f"{family.name}-{size}": family.config(size)

@@ -113,3 +113,27 @@ def official_embeddings(model, audio):
         trim = int(50 * pad / 200)
         out.append(emb[:, :-trim] if trim > 0 else emb)
     return torch.cat(out)
+
+
+class OfficialAxLSTM(nn.Module):
+    """The official AxLSTM encoder's forward_features, restated over a state dict with the
+    official keys (REFERENCE §5a): SSAM's patching/positions/CLS, 12 blocks x + layer(norm(x))
+    with odd blocks run on the flipped sequence, encoder_norm, and the `(f t)` reshape."""
+
+    def __init__(self, state, depth=12):
+        super().__init__()
+        self.state, self.depth = state, depth
+        self.embed_dim = state["cls_token"].shape[-1]
+
+    def forward_features(self, x):
+        from axlstm_reference import ref_block
+        s = self.state
+        x = F.conv2d(x, s["patch_embed.proj.weight"], s["patch_embed.proj.bias"], stride=(4, 16))
+        x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, self.embed_dim) + s["pos_embed"][:, 1:]
+        cls = (s["cls_token"] + s["pos_embed"][:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat((cls, x), dim=1)
+        for i in range(self.depth):
+            p = {k[len(f"blocks.{i}."):]: v for k, v in s.items() if k.startswith(f"blocks.{i}.")}
+            x = ref_block(x.flip(1), p)[0].flip(1) if i % 2 else ref_block(x, p)[0]
+        x = F.layer_norm(x, (self.embed_dim,), s["encoder_norm.weight"], s["encoder_norm.bias"], eps=1e-6)
+        return rearrange(x[:, 1:], "b (f t) d -> b t (f d)", f=5, d=self.embed_dim)

@@ -120,7 +120,7 @@ def test_bad_config_is_named():
 
 def test_presets_are_derived_from_the_families():
     assert SSAMEncoder is SpectrogramEncoder
-    assert set(PRESETS) == {f"{f}-{s}" for f in ("ssam", "ssast") for s in ("tiny", "small", "base")}
+    assert set(PRESETS) == {f"{f}-{s}" for f in ("ssam", "ssast", "axlstm") for s in ("tiny", "small", "base")}
     for name, cfg in PRESETS.items():
         family = FAMILIES[name.split("-")[0]]
         assert cfg.block == family.block and cfg.traversal == family.traversal

@@ -44,7 +44,9 @@ def test_validator_on_every_checkpoint_format(tmp_path, official_ckpt):
     hear_ssam.__main__.main(["convert", str(official_ckpt), str(converted), "--token-order", "official"])
     ssast = tmp_path / "ssast.safetensors"
     hear_ssam.__main__.main(["init", "ssast-tiny", str(ssast)])
-    for ckpt in (official_ckpt, converted, ssast):
+    axlstm = tmp_path / "axlstm.safetensors"
+    hear_ssam.__main__.main(["init", "axlstm-tiny", str(axlstm)])
+    for ckpt in (official_ckpt, converted, ssast, axlstm):
         _validator_ok(_run([str(BIN / "hear-validator"), "hear_ssam", "--model", str(ckpt)], cwd=tmp_path))
 
 

@@ -54,7 +54,7 @@ def losses(run):
 
 
 def test_paper_configs_reproduce_the_recipe():
-    for name in ("ssam_tiny", "ssam_small", "ssam_base", "ssast_tiny", "ssast_small", "ssast_base"):
+    for name in (f"{family}_{size}" for family in ("ssam", "ssast", "axlstm") for size in ("tiny", "small", "base")):
         cfg = load_config(ROOT / "pretrain" / "configs" / f"{name}.yaml")
         assert cfg.preset == name.replace("_", "-")
         assert cfg.lr == pytest.approx(6e-4) and cfg.betas == (0.9, 0.95) and cfg.weight_decay == 0.05
@@ -187,13 +187,14 @@ def test_sampler_shards_epochs_across_processes_and_resumes_mid_epoch():
     assert [x[2] for x in full] != [x[2] for x in EpochSampler(10, 12, seed=1, epoch=3)]
 
 
-def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path):
+@pytest.mark.parametrize("preset", ["ssam-tiny", "axlstm-tiny"])
+def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, preset):
     data = make_audio(tmp_path / "audio")
-    cfg = tiny_config()
+    cfg = tiny_config(preset=preset)
     torch.set_num_threads(1)
     try:
         train(cfg, str(data), tmp_path / "straight")
-        half = tiny_config(max_steps=6)
+        half = tiny_config(preset=preset, max_steps=6)
         # interrupted after step 3: emulate by stopping a run with the same schedule at 3
         import pretrain.train as T
         calls = {"n": 0}
@@ -223,6 +224,7 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path):
     model = hear_ssam.load_model(str(tmp_path / "resumed" / "model.safetensors"))
     assert model.config["provenance"]["steps"] == 6
     assert model.config["provenance"]["data_files"] == 12
+    assert model.config["preset"] is None and model.config["family"] == preset.split("-")[0]  # a tiny variant
 
 
 def test_plots_and_metrics_are_written(tmp_path):

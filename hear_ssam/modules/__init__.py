@@ -9,8 +9,9 @@ The block contract (every entry of BLOCKS):
 - `init_encoder(encoder, depth)`: the family's model-wide init, run once after construction.
 """
 from .mamba import Mamba, MambaBlock
+from .mlstm import mLSTMBlock
 from .vit import ViTBlock
 
-BLOCKS = {"mamba": MambaBlock, "vit": ViTBlock}
+BLOCKS = {"mamba": MambaBlock, "vit": ViTBlock, "mlstm": mLSTMBlock}
 
-__all__ = ["BLOCKS", "Mamba", "MambaBlock", "ViTBlock"]
+__all__ = ["BLOCKS", "Mamba", "MambaBlock", "ViTBlock", "mLSTMBlock"]
