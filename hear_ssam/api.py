@@ -9,6 +9,7 @@ import torch
 
 from .checkpoint import load_checkpoint, make_config
 from .encoder import SpectrogramEncoder
+from .frontend import FrontendConfig
 from .presets import PRESETS
 from .runtime import HearSSAM
 
@@ -17,11 +18,15 @@ RANDOM_INIT_SEED = 0
 
 
 def load_model(model_file_path: str = "", token_order: str | None = None,
-               chunk_batch_size: int = 16) -> HearSSAM:
+               chunk_batch_size: int | None = None, window_seconds: float = 2.0) -> HearSSAM:
     """A HEAR model in eval mode, from our .safetensors, an official .pth, or the default.
 
     token_order: None keeps the checkpoint's own ("time-major" unless it says otherwise);
-    "official" reproduces the released HEAR runtime's frame layout exactly.
+    "official" reproduces the released HEAR runtime's frame layout exactly (2 s windows only).
+    window_seconds: length of the independent windows a clip is cut into (default 2, the
+    pretraining crop); longer windows extend the fixed sin-cos positions by their formula.
+    chunk_batch_size: windows per encoder call (default: 32 s of audio per call).
+    Through heareval: --model-options '{"window_seconds": 10}'.
     """
     if model_file_path:
         encoder, config = load_checkpoint(model_file_path)
@@ -36,7 +41,30 @@ def load_model(model_file_path: str = "", token_order: str | None = None,
             encoder = SpectrogramEncoder(PRESETS["ssam-tiny"]).eval()
         config = make_config(encoder.cfg, provenance={"weights": f"random init, seed {RANDOM_INIT_SEED}"})
     order = token_order or config.get("token_order", "time-major")
-    return HearSSAM(encoder, order, chunk_batch_size, config).eval()
+    frontend = FrontendConfig.from_dict(config["frontend"])
+    window_frames = window_frames_of(window_seconds, frontend, encoder.cfg.patch_time)
+    if window_frames != encoder.cfg.crop_frames:
+        if order == "official":
+            raise ValueError(f"token_order='official' reproduces the released runtime, which only "
+                             f"uses {encoder.cfg.crop_frames * frontend.frame_ms / 1000:g} s windows; "
+                             f"got window_seconds={window_seconds} (use token_order='time-major')")
+        encoder.extend_window(window_frames)
+    if chunk_batch_size is None:
+        chunk_batch_size = max(1, round(3200 / encoder.cfg.crop_frames))
+    return HearSSAM(encoder, order, chunk_batch_size, config, frontend=frontend).eval()
+
+
+def window_frames_of(window_seconds, frontend: FrontendConfig, patch_time: int) -> int:
+    """Feature frames of a window of `window_seconds` (a whole number of patches)."""
+    try:
+        seconds = float(window_seconds)
+    except (TypeError, ValueError):
+        raise ValueError(f"window_seconds must be a number of seconds, got {window_seconds!r}") from None
+    frames = round(seconds * 1000 / frontend.frame_ms / patch_time) * patch_time
+    if not 0 < seconds <= 1200 or frames <= 0:
+        raise ValueError(f"window_seconds must be in (0, 1200] and at least one patch "
+                         f"({patch_time * frontend.frame_ms:g} ms), got {window_seconds}")
+    return frames
 
 
 def _check(audio, model) -> None:

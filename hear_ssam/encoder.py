@@ -157,6 +157,27 @@ class SpectrogramEncoder(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         block_cls.init_encoder(self, cfg.depth)
 
+    def extend_window(self, crop_frames: int) -> None:
+        """Encode crops of `crop_frames` frames instead of the pretraining crop.
+
+        The fixed sin-cos table is extended by its own formula; with time-major tokens its
+        first rows (the pretraining crop) are the stored ones, so a causal encoder's first 2 s
+        are exactly what they were. Refused for positions that are not the fixed table.
+        """
+        if crop_frames % self.cfg.patch_time:
+            raise ValueError(f"a window must be a whole number of patches ({self.cfg.patch_time} frames), "
+                             f"got {crop_frames} frames")
+        expected = sincos_pos_embed_2d(self.cfg.embed_dim, self.cfg.grid)
+        if not torch.allclose(self.pos_embed.detach().float().cpu(), expected, atol=2e-3):  # fp16 storage
+            raise ValueError("this model's positions are not the fixed sin-cos table, so they cannot be "
+                             "extended to a longer window; use its pretraining window")
+        cfg = dataclasses.replace(self.cfg, crop_frames=crop_frames)
+        table = sincos_pos_embed_2d(cfg.embed_dim, cfg.grid)
+        keep = min(table.shape[1], self.pos_embed.shape[1])  # the stored rows stay bit-exact
+        table[:, :keep] = self.pos_embed.detach()[:, :keep].float().cpu()
+        self.pos_embed = nn.Parameter(table.to(self.pos_embed.device, self.pos_embed.dtype), requires_grad=False)
+        self.cfg = cfg
+
     @property
     def is_causal(self) -> bool:
         """Token k depends only on tokens <= k (so later padding cannot change it)."""

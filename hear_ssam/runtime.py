@@ -1,4 +1,4 @@
-"""HEAR runtime: whole clips -> 2 s chunks -> encoder -> 40 ms frames / clip embeddings.
+"""HEAR runtime: whole clips -> windows (2 s by default) -> encoder -> 40 ms frames / clip embeddings.
 
 Token orders
 - "time-major" (default): output frame t concatenates the 5 frequency patches of time step t.
@@ -36,11 +36,12 @@ class HearSSAM(nn.Module):
                 else FrontendConfig(n_mels=encoder.cfg.n_mels)
         if frontend.n_mels != encoder.cfg.n_mels:
             raise ValueError(f"frontend gives {frontend.n_mels} bins, the encoder expects {encoder.cfg.n_mels}")
-        self.config.update(frontend=frontend.to_dict(), token_order=token_order)  # what actually runs
+        self.config.update(frontend=frontend.to_dict(), token_order=token_order,  # what actually runs
+                           window_seconds=encoder.cfg.crop_frames * frontend.frame_ms / 1000)
         self.frontend = build_frontend(frontend)
         self.encoder = encoder
         self.token_order = token_order
-        self.chunk_batch_size = int(chunk_batch_size)  # 2 s chunks per encoder call
+        self.chunk_batch_size = int(chunk_batch_size)  # windows per encoder call
         self.sample_rate = int(frontend.sample_rate)
         self.timestamp_embedding_size = int(encoder.cfg.frame_embedding_size)
         self.scene_embedding_size = int(encoder.cfg.frame_embedding_size)
@@ -54,7 +55,7 @@ class HearSSAM(nn.Module):
         return self.encoder.cls_token.device
 
     def chunk_frames(self, spec: torch.Tensor, pad: int) -> torch.Tensor:
-        """[n, 1, T, F] -> [n * C, 1, crop, F]: zero-pad `pad` frames, split into 2 s chunks.
+        """[n, 1, T, F] -> [n * C, 1, crop, F]: zero-pad `pad` frames, split into windows.
 
         Chunks are encoded independently (no state is carried across them), as in the paper.
         """

@@ -122,3 +122,48 @@ def test_official_order_differs_from_time_major(random_model):
     assert a.shape == (1, 50, 960) and b.shape == (1, 51, 960)
     assert not torch.allclose(a, b[:, :50])
     assert ts_b[0, -1] < 2000 and torch.allclose(ts_b[0].diff(), torch.full((50,), 2000 / 51))
+
+
+def test_long_windows_keep_the_first_2s_exact_for_a_causal_encoder(random_model):
+    """A 10 s window extends the sin-cos table by its formula; SSAM is causal, so the frames of
+    the first 2 s are those of the 2 s window, and later frames now see more context."""
+    import hear_ssam.api as api
+    from hear_ssam.encoder import sincos_pos_embed_2d
+    audio = noise(1, 7.3, seed=9)
+    short = hear_ssam.load_model(str(api.DEFAULT_CHECKPOINT)) if api.DEFAULT_CHECKPOINT.exists() else None
+    if short is None:
+        pytest.skip("needs the bundled checkpoint")
+    long = hear_ssam.load_model(str(api.DEFAULT_CHECKPOINT), window_seconds=10)
+    assert long.encoder.cfg.crop_frames == 1000 and long.config["window_seconds"] == 10
+    assert long.chunk_batch_size == 3  # about 32 s of audio per encoder call
+    assert torch.equal(long.encoder.pos_embed[:, :251], short.encoder.pos_embed)  # the stored rows
+    torch.testing.assert_close(long.encoder.pos_embed, sincos_pos_embed_2d(192, (250, 5)), rtol=0, atol=2e-3)
+    a, ts_a = hear_ssam.get_timestamp_embeddings(audio, short)
+    b, ts_b = hear_ssam.get_timestamp_embeddings(audio, long)
+    assert a.shape == b.shape and torch.equal(ts_a, ts_b)
+    torch.testing.assert_close(b[:, :50], a[:, :50], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(b[:, 60:], a[:, 60:], atol=1e-2)  # no chunk boundary at 2 s any more
+
+
+def test_window_errors_are_named():
+    with pytest.raises(ValueError, match="token_order='official'.*only uses 2 s windows.*window_seconds=5"):
+        hear_ssam.load_model(token_order="official", window_seconds=5)
+    with pytest.raises(ValueError, match=r"window_seconds must be in \(0, 1200\]"):
+        hear_ssam.load_model(window_seconds=0)
+    with pytest.raises(ValueError, match="window_seconds must be a number"):
+        hear_ssam.load_model(window_seconds="long")
+    enc = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS["ssam-tiny"])
+    with torch.no_grad():
+        enc.pos_embed.add_(0.1)  # as if learned
+    with pytest.raises(ValueError, match="not the fixed sin-cos table"):
+        enc.extend_window(400)
+
+
+def test_every_family_runs_on_a_long_window():
+    audio = noise(1, 12.5, seed=2)
+    for preset in ("ssast-tiny", "axlstm-tiny"):
+        torch.manual_seed(0)
+        enc = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS[preset]).eval()
+        enc.extend_window(3000)  # 30 s: one window holds the whole clip
+        emb, ts = hear_ssam.get_timestamp_embeddings(audio, hear_ssam.HearSSAM(enc))
+        assert emb.shape == (1, ts.shape[1], 960) and torch.isfinite(emb).all()
