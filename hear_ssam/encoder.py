@@ -38,6 +38,10 @@ class EncoderConfig:
     patch_time: int = 4
     patch_freq: int = 16
     norm_eps: float = 1e-6  # encoder_norm, and the blocks' norms unless block_options say otherwise
+    patch_order: str = "time-major"  # token index t * n_f + f (SSAM), or "freq-major" f * n_t + t (SSAST)
+    positions: str = "sincos"  # fixed 2-D sin-cos table (MAE), or "learned" (trunc-normal 0.02)
+    final_norms: int = 1  # encoder_norm applications at the end (the released SSAMBA applies it twice)
+    head_activation: str = "gelu"  # of the reconstruction head `pred` (SSAST's heads use ReLU)
 
     def __post_init__(self):
         if self.block not in BLOCKS:
@@ -48,6 +52,12 @@ class EncoderConfig:
             raise ValueError(f"traversal 'flipped_pairs' needs an even depth, got {self.depth}")
         if self.crop_frames % self.patch_time or self.n_mels % self.patch_freq:
             raise ValueError("crop_frames and n_mels must be multiples of the patch size")
+        for name, allowed in (("patch_order", PATCH_ORDERS), ("positions", ("sincos", "learned")),
+                              ("head_activation", tuple(HEAD_ACTIVATIONS))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.final_norms < 1:
+            raise ValueError(f"final_norms must be >= 1, got {self.final_norms}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -71,6 +81,10 @@ class EncoderConfig:
         return dataclasses.asdict(self)
 
 
+PATCH_ORDERS = ("time-major", "freq-major")
+HEAD_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
 def sincos_pos_embed_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
     """MAE's fixed 2-D sin-cos table for a time-major (T, F) grid, CLS row of zeros first.
 
@@ -90,17 +104,19 @@ def sincos_pos_embed_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
 
 
 class PatchEmbed(nn.Module):
-    """[B, 1, T, F] -> [B, T/pt * F/pf, D], tokens in time-major order (t * n_f + f)."""
+    """[B, 1, T, F] -> [B, T/pt * F/pf, D], tokens in the config's patch order."""
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         k = (cfg.patch_time, cfg.patch_freq)
+        self.freq_major = cfg.patch_order == "freq-major"
         self.proj = nn.Conv2d(1, cfg.embed_dim, kernel_size=k, stride=k)
         nn.init.xavier_uniform_(self.proj.weight.view(cfg.embed_dim, -1))
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)
+        x = self.proj(x)  # [B, D, n_t, n_f]
+        return (x.transpose(2, 3) if self.freq_major else x).flatten(2).transpose(1, 2)
 
 
 # ------------------------------------------------------------------ traversals
@@ -148,11 +164,15 @@ class SpectrogramEncoder(nn.Module):
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
-        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(D, cfg.grid), requires_grad=False)
+        if cfg.positions == "sincos":
+            self.pos_embed = nn.Parameter(sincos_pos_embed_2d(D, cfg.grid), requires_grad=False)
+        else:
+            self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, 1 + cfg.num_patches, D), std=0.02))
         options = {"norm_eps": cfg.norm_eps, **cfg.block_options}
         self.blocks = nn.ModuleList(block_cls(D, **options) for _ in range(cfg.depth))
         self.encoder_norm = nn.LayerNorm(D, eps=cfg.norm_eps)
-        self.pred = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, cfg.patch_dim))
+        self.pred = nn.Sequential(nn.Linear(D, D), HEAD_ACTIVATIONS[cfg.head_activation](),
+                                  nn.Linear(D, cfg.patch_dim))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
         block_cls.init_encoder(self, cfg.depth)
@@ -164,6 +184,9 @@ class SpectrogramEncoder(nn.Module):
         first rows (the pretraining crop) are the stored ones, so a causal encoder's first 2 s
         are exactly what they were. Refused for positions that are not the fixed table.
         """
+        if self.cfg.positions != "sincos" or self.cfg.patch_order != "time-major":
+            raise ValueError(f"this model's positions ({self.cfg.positions}, {self.cfg.patch_order} tokens) "
+                             "cannot be extended to a longer window; use its pretraining window")
         if crop_frames % self.cfg.patch_time:
             raise ValueError(f"a window must be a whole number of patches ({self.cfg.patch_time} frames), "
                              f"got {crop_frames} frames")
@@ -180,15 +203,26 @@ class SpectrogramEncoder(nn.Module):
 
     @property
     def is_causal(self) -> bool:
-        """Token k depends only on tokens <= k (so later padding cannot change it)."""
-        return self.cfg.traversal == "forward" and BLOCKS[self.cfg.block].causal
+        """Token k depends only on tokens <= k, and tokens are in time order (so later padding
+        cannot change earlier time steps)."""
+        return (self.cfg.traversal == "forward" and BLOCKS[self.cfg.block].causal
+                and self.cfg.patch_order == "time-major")
 
     def patchify(self, spec):
         """[B, 1, T, F] -> [B, N, pt*pf] targets, patch order as the tokens, time-major inside."""
         n_t, n_f = self.cfg.grid
         pt, pf = self.cfg.patch_time, self.cfg.patch_freq
         x = spec.reshape(spec.shape[0], n_t, pt, n_f, pf)
-        return x.permute(0, 1, 3, 2, 4).reshape(spec.shape[0], n_t * n_f, pt * pf)
+        order = (0, 3, 1, 2, 4) if self.cfg.patch_order == "freq-major" else (0, 1, 3, 2, 4)
+        return x.permute(*order).reshape(spec.shape[0], n_t * n_f, pt * pf)
+
+    def tokens_to_grid(self, tokens):
+        """[B, N, D] patch tokens (CLS dropped) -> [B, n_t, n_f, D], whatever the patch order."""
+        B, N, D = tokens.shape
+        n_f = self.cfg.grid[1]
+        if self.cfg.patch_order == "freq-major":
+            return tokens.view(B, n_f, N // n_f, D).transpose(1, 2)
+        return tokens.view(B, N // n_f, n_f, D)
 
     def embed(self, spec, mask: Optional[torch.Tensor] = None):
         """[B, 1, T, F] -> tokens [B, 1 + N, D]; masked patches ([B, N] True) become the
@@ -203,8 +237,10 @@ class SpectrogramEncoder(nn.Module):
     def forward_blocks(self, x):
         """[B, 1 + N, D] tokens -> [B, 1 + N, D] after the blocks and encoder_norm."""
         hidden, residual = TRAVERSALS[self.cfg.traversal](self.blocks, x, None)
-        stream = hidden if residual is None else residual + hidden
-        return self.encoder_norm(stream.to(self.encoder_norm.weight.dtype))
+        x = hidden if residual is None else residual + hidden
+        for _ in range(self.cfg.final_norms):
+            x = self.encoder_norm(x.to(self.encoder_norm.weight.dtype))
+        return x
 
     def forward(self, spec, mask: Optional[torch.Tensor] = None):
         """Encoded patch tokens [B, N, D] (CLS dropped) for a batch of crops [B, 1, T, F].

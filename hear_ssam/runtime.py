@@ -65,12 +65,13 @@ class HearSSAM(nn.Module):
         return spec.view(n, 1, Tp // crop, crop, F).transpose(1, 2).reshape(-1, 1, crop, F)
 
     def tokens_to_frames(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[B, N, D] encoded patches -> [B, N / n_f, n_f * D] frames."""
-        n_f = self.encoder.cfg.grid[1]
+        """[B, N, D] encoded patches -> [B, n_t, n_f * D] frames (one per time step)."""
         B, N, D = tokens.shape
-        if self.token_order == "official":
-            tokens = tokens.view(B, n_f, N // n_f, D).transpose(1, 2)
-        return tokens.reshape(B, N // n_f, n_f * D)
+        if self.token_order == "official":  # the released '(f t)' reshape of time-major tokens
+            n_f = self.encoder.cfg.grid[1]
+            return tokens.view(B, n_f, N // n_f, D).transpose(1, 2).reshape(B, N // n_f, n_f * D)
+        grid = self.encoder.tokens_to_grid(tokens)
+        return grid.reshape(B, grid.shape[1], -1)
 
     def encode(self, chunks: torch.Tensor) -> torch.Tensor:
         """Frames [B, n_t, n_f * D] of chunks [B, 1, frames, F], `chunk_batch_size` at a time."""

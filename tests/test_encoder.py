@@ -56,16 +56,40 @@ def test_init_rescales_out_proj_and_zeroes_biases():
     assert 0.015 < enc.cls_token.std() < 0.025
 
 
-def test_patchify_matches_the_patch_embedding_order():
-    """A patch-embed conv that copies pixel (i, j) of each patch must reproduce patchify."""
-    enc = SpectrogramEncoder(EncoderConfig(embed_dim=64, depth=1))
+@pytest.mark.parametrize("order", ["time-major", "freq-major"])
+def test_patchify_matches_the_patch_embedding_order(order):
+    """A patch-embed conv that copies pixel (i, j) of each patch must reproduce patchify, and
+    tokens_to_grid must put token (t, f) at [t, f] in either order."""
+    enc = SpectrogramEncoder(EncoderConfig(embed_dim=64, depth=1, patch_order=order))
     with torch.no_grad():
         enc.patch_embed.proj.weight.zero_()
         enc.patch_embed.proj.bias.zero_()
         for c in range(64):  # channel c reads pixel (c // 16, c % 16) of its patch
             enc.patch_embed.proj.weight[c, 0, c // 16, c % 16] = 1
     spec = torch.randn(2, 1, 200, 80)
-    torch.testing.assert_close(enc.patch_embed(spec), enc.patchify(spec))
+    tokens = enc.patch_embed(spec)
+    torch.testing.assert_close(tokens, enc.patchify(spec))
+    grid = enc.tokens_to_grid(tokens)
+    assert grid.shape == (2, 50, 5, 64)
+    torch.testing.assert_close(grid[:, 7, 3], spec[:, 0, 28:32, 48:64].reshape(2, 64))  # patch t=7, f=3
+
+
+def test_learned_positions_double_final_norm_and_relu_head():
+    torch.manual_seed(0)
+    cfg = EncoderConfig(embed_dim=32, depth=2, positions="learned", final_norms=2, head_activation="relu",
+                        patch_order="freq-major")
+    enc = SpectrogramEncoder(cfg).eval()
+    assert enc.pos_embed.requires_grad and 0.01 < enc.pos_embed.std() < 0.03
+    assert isinstance(enc.pred[1], torch.nn.ReLU) and not enc.is_causal  # freq-major: not time order
+    x = enc.embed(torch.randn(1, 1, 200, 80))
+    with torch.no_grad():
+        h, r = TRAVERSALS["forward"](enc.blocks, x, None)
+        once = enc.encoder_norm(r + h)
+        torch.testing.assert_close(enc.forward_blocks(x), enc.encoder_norm(once))
+    with pytest.raises(ValueError, match="cannot be extended"):
+        enc.extend_window(400)
+    with pytest.raises(ValueError, match="patch_order must be one of"):
+        EncoderConfig(patch_order="diagonal")
 
 
 VIT = dict(block="vit", block_options={"num_heads": 3, "mlp_ratio": 4.0})
