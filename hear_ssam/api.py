@@ -10,7 +10,7 @@ import torch
 from .checkpoint import load_checkpoint, make_config
 from .encoder import SpectrogramEncoder
 from .frontend import FrontendConfig
-from .presets import PRESETS
+from .presets import FAMILIES, PRESETS
 from .runtime import HearSSAM
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "ssam_tiny.safetensors"
@@ -51,7 +51,9 @@ def load_model(model_file_path: str = "", token_order: str | None = None,
         encoder.extend_window(window_frames)
     if chunk_batch_size is None:
         chunk_batch_size = max(1, round(3200 / encoder.cfg.crop_frames))
-    return HearSSAM(encoder, order, chunk_batch_size, config, frontend=frontend).eval()
+    family = FAMILIES.get(config.get("family") or "")
+    return HearSSAM(encoder, order, chunk_batch_size, config, frontend=frontend,
+                    scene_pooling=family.scene_pooling if family else "frames").eval()
 
 
 def window_frames_of(window_seconds, frontend: FrontendConfig, patch_time: int) -> int:
@@ -115,8 +117,8 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearSSAM) -> Tuple[torc
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: HearSSAM) -> torch.Tensor:
-    """float32 [n, 5*D]: the mean of the clip's frame embeddings."""
+    """float32 [n, scene_embedding_size]: the mean of the clip's frame embeddings (SSAMBA:
+    of its non-CLS tokens)."""
     _check(audio, model)
     with torch.no_grad():
-        frames, _ = model.frame_embeddings(audio)
-    return frames.mean(dim=1).float()
+        return model.scene_embeddings(audio).float()

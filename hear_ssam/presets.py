@@ -38,6 +38,7 @@ class Family:
     detect: Callable[[dict], bool] = lambda state: False
     from_official: Callable[[dict], tuple] = identity_keys
     block_options_from_state: Callable[[dict, int], dict] = lambda state, dim: {}
+    scene_pooling: str = "frames"  # HEAR scene embedding: mean of frames, or of tokens (SSAMBA)
 
     def config(self, size: str) -> EncoderConfig:
         spec = dict(self.sizes[size])

@@ -1,5 +1,15 @@
 """HEAR runtime: whole clips -> windows (2 s by default) -> encoder -> 40 ms frames / clip embeddings.
 
+A clip is normalised as a whole, cut into independent windows of the encoder's crop
+(padded at the end with the frontend's padding value) and encoded `chunk_batch_size` windows
+at a time. One output frame per patch time step (the frequency patches concatenated); a
+step longer than 50 ms (SSAMBA's 16-frame patches: 160 ms) is repeated onto a regular grid of
+at most 50 ms, as HEAR asks. Timestamps are the centres of the feature frames each output
+frame covers, and only frames centred inside the clip are returned.
+
+Scene embedding ("scene pooling"): "frames" = mean of the clip's frames (SSAM, AxLSTM);
+"tokens" = mean of its non-CLS tokens (SSAMBA's `ft_avgtok`), D values.
+
 Token orders
 - "time-major" (default): output frame t concatenates the 5 frequency patches of time step t.
 - "official": the released code's reshape `'b (f t) d -> b t (f d)'`, which treats the
@@ -15,9 +25,11 @@ import torch
 import torch.nn as nn
 
 from .encoder import SpectrogramEncoder
-from .frontend import FrontendConfig, build_frontend
+from .frontend import FrontendConfig, build_frontend, pad_value
 
 TOKEN_ORDERS = ("time-major", "official")
+SCENE_POOLINGS = ("frames", "tokens")
+MAX_HOP_MS = 50.0  # HEAR's recommended maximum timestamp hop
 
 
 class HearSSAM(nn.Module):
@@ -25,11 +37,16 @@ class HearSSAM(nn.Module):
 
     def __init__(self, encoder: SpectrogramEncoder, token_order: str = "time-major",
                  chunk_batch_size: int = 16, config: dict | None = None,
-                 frontend: FrontendConfig | None = None):
+                 frontend: FrontendConfig | None = None, scene_pooling: str = "frames"):
         """`frontend`: the features the encoder was trained on (default: the config's, else SSAM's)."""
         super().__init__()
         if token_order not in TOKEN_ORDERS:
             raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {token_order!r}")
+        if scene_pooling not in SCENE_POOLINGS:
+            raise ValueError(f"scene_pooling must be one of {SCENE_POOLINGS}, got {scene_pooling!r}")
+        if token_order == "official" and encoder.cfg.patch_order != "time-major":
+            raise ValueError("token_order='official' reproduces the released SSAM/AxLSTM runtime's reshape "
+                             "of time-major tokens; this model's tokens are frequency-major")
         self.config = dict(config or {})
         if frontend is None:
             frontend = FrontendConfig.from_dict(self.config["frontend"]) if "frontend" in self.config \
@@ -37,18 +54,29 @@ class HearSSAM(nn.Module):
         if frontend.n_mels != encoder.cfg.n_mels:
             raise ValueError(f"frontend gives {frontend.n_mels} bins, the encoder expects {encoder.cfg.n_mels}")
         self.config.update(frontend=frontend.to_dict(), token_order=token_order,  # what actually runs
-                           window_seconds=encoder.cfg.crop_frames * frontend.frame_ms / 1000)
+                           window_seconds=encoder.cfg.crop_frames * frontend.frame_ms / 1000,
+                           scene_pooling=scene_pooling)
         self.frontend = build_frontend(frontend)
+        self.pad_value = pad_value(frontend)
         self.encoder = encoder
         self.token_order = token_order
+        self.scene_pooling = scene_pooling
         self.chunk_batch_size = int(chunk_batch_size)  # windows per encoder call
         self.sample_rate = int(frontend.sample_rate)
-        self.timestamp_embedding_size = int(encoder.cfg.frame_embedding_size)
-        self.scene_embedding_size = int(encoder.cfg.frame_embedding_size)
         cfg = encoder.cfg
-        self.frame_hop_ms = frontend.frame_ms * cfg.patch_time  # 40 ms: one embedding frame
-        # A patch covers feature frames 4i..4i+3, centred at (4i + 1.5) * 10 ms.
-        self.frame_offset_ms = frontend.frame_ms * (cfg.patch_time - 1) / 2
+        self.timestamp_embedding_size = int(cfg.frame_embedding_size)
+        self.scene_embedding_size = int(cfg.frame_embedding_size if scene_pooling == "frames" else cfg.embed_dim)
+        # Output frames per patch time step, so that the hop is at most 50 ms (1 for 4-frame patches).
+        step_ms = frontend.frame_ms * cfg.patch_time
+        self.frame_repeat = math.ceil(step_ms / MAX_HOP_MS - 1e-9)
+        if cfg.patch_time % self.frame_repeat:
+            raise ValueError(f"patches of {cfg.patch_time} frames cannot be split into {self.frame_repeat} "
+                             "equal output frames")
+        self.frames_per_output = cfg.patch_time // self.frame_repeat  # feature frames per output frame
+        self.frame_hop_ms = step_ms / self.frame_repeat  # 40 ms
+        # Output frame i covers feature frames [i * k, i * k + k) (k = frames_per_output):
+        # for SSAM's centred STFT, frames 4i..4i+3, centred at (4i + 1.5) * 10 ms.
+        self.frame_offset_ms = self.frontend.first_frame_centre_ms + frontend.frame_ms * (self.frames_per_output - 1) / 2
 
     @property
     def device(self) -> torch.device:
@@ -60,7 +88,7 @@ class HearSSAM(nn.Module):
         Chunks are encoded independently (no state is carried across them), as in the paper.
         """
         crop = self.encoder.cfg.crop_frames
-        spec = nn.functional.pad(spec, (0, 0, 0, pad))
+        spec = nn.functional.pad(spec, (0, 0, 0, pad), value=self.pad_value)
         n, _, Tp, F = spec.shape
         return spec.view(n, 1, Tp // crop, crop, F).transpose(1, 2).reshape(-1, 1, crop, F)
 
@@ -95,7 +123,7 @@ class HearSSAM(nn.Module):
             full = self.chunk_frames(spec[:, :, :n_full * crop], 0)
             parts.append(self.encode(full).reshape(n, -1, self.timestamp_embedding_size))
         tail = spec[:, :, n_full * crop:]
-        tail = nn.functional.pad(tail, (0, 0, 0, (-tail.shape[2]) % pt))
+        tail = nn.functional.pad(tail, (0, 0, 0, (-tail.shape[2]) % pt), value=self.pad_value)
         parts.append(self.encode(tail))
         return torch.cat(parts, dim=1)
 
@@ -111,6 +139,8 @@ class HearSSAM(nn.Module):
             n_keep = frames.shape[1] - int(n_t * pad / crop)
             stamps = (torch.arange(n_keep, dtype=torch.float64) + 0.5) * (duration_ms / n_keep)
         else:
+            if self.frame_repeat > 1:  # one time step -> frame_repeat frames on the regular grid
+                frames = frames.repeat_interleave(self.frame_repeat, dim=1)
             n_keep = self.n_frames(n_samples)
             stamps = self.frame_offset_ms + self.frame_hop_ms * torch.arange(n_keep, dtype=torch.float64)
             if n_keep == 1:
@@ -119,10 +149,17 @@ class HearSSAM(nn.Module):
         stamps = stamps.to(torch.float32).to(audio.device).expand(n, -1).contiguous()
         return frames, stamps
 
+    def scene_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
+        """[n, samples] -> [n, scene_embedding_size], by `scene_pooling`."""
+        frames, _ = self.frame_embeddings(audio)
+        if self.scene_pooling == "tokens":  # every non-CLS token of the clip, frequency patches too
+            return frames.reshape(frames.shape[0], -1, self.encoder.cfg.embed_dim).mean(dim=1)
+        return frames.mean(dim=1)
+
     def n_frames(self, n_samples: int) -> int:
         """Frames whose centre lies inside the clip (so the last is within one hop of the end)."""
         duration_ms = 1000.0 * n_samples / self.sample_rate
-        n_mel = n_samples // self.frontend.cfg.hop_length + 1
-        available = math.ceil(n_mel / self.encoder.cfg.patch_time)
+        n_feat = self.frontend.n_frames(n_samples)
+        available = math.ceil(n_feat / self.frames_per_output)
         inside = math.floor((duration_ms - self.frame_offset_ms) / self.frame_hop_ms) + 1
         return max(1, min(available, inside))
