@@ -10,6 +10,8 @@ import importlib.util
 import sys
 import types
 
+import torch.nn.functional as F
+
 
 def load():
     """mamba_ssm's references, or None when mamba-ssm is not installed. Safe to call again
@@ -31,4 +33,20 @@ def load():
     # Its non-fused path calls selective_scan_fn (CUDA); route it to mamba_ssm's own reference.
     simple.selective_scan_fn = ssi.selective_scan_ref
     simple.causal_conv1d_fn = None
-    return types.SimpleNamespace(selective_scan_ref=ssi.selective_scan_ref, Mamba=simple.Mamba)
+    return types.SimpleNamespace(selective_scan_ref=ssi.selective_scan_ref, Mamba=simple.Mamba,
+                                 mamba_inner_ref=_mamba_inner_ref(ssi))
+
+
+def _causal_conv1d_ref(x, weight, bias=None, activation=None):
+    """causal_conv1d's `causal_conv1d_fn` semantics in plain torch: depthwise, left padding."""
+    out = F.conv1d(x, weight.unsqueeze(1), bias, padding=weight.shape[-1] - 1, groups=x.shape[1])[..., :x.shape[-1]]
+    return F.silu(out) if activation in ("silu", "swish") else out
+
+
+def _mamba_inner_ref(ssi):
+    """mamba_ssm's own `mamba_inner_ref`, run with its module globals `causal_conv1d_fn` (the
+    causal-conv1d package, absent) and `selective_scan_fn` (CUDA) bound to pure-torch
+    references; the installed module itself is left untouched."""
+    fn = ssi.mamba_inner_ref
+    env = dict(fn.__globals__, causal_conv1d_fn=_causal_conv1d_ref, selective_scan_fn=ssi.selective_scan_ref)
+    return types.FunctionType(fn.__code__, env, fn.__name__, fn.__defaults__, fn.__closure__)

@@ -1,0 +1,123 @@
+"""Vision Mamba's bidirectional mixer ("bimamba v2", as SSAMBA uses it) and its block.
+
+`BiMamba` is the Mamba-1 mixer (`modules.mamba.Mamba`: same names, shapes and init) plus a
+second SSM parameter set for the time-reversed direction, with Vim's names:
+
+    x, z = in_proj(u)                                         (shared)
+    y_f  = ssm(x, z;  conv1d,   x_proj,   dt_proj,   A_log,   D)
+    y_b  = ssm(flip(x), flip(z); conv1d_b, x_proj_b, dt_proj_b, A_b_log, D_b)
+    out  = out_proj((y_f + flip(y_b)) / 2)                    (shared)
+
+where ssm = causal depthwise conv + SiLU -> x_proj -> (dt, B, C) -> selective scan with the
+D skip, gated by SiLU(z) (REFERENCE §2), and flip reverses time. Both directions are always
+computed (Vim's own non-fused path silently returns the forward branch alone). The /2 is
+Vim's `if_devide_out`, which every SSAMBA script and config sets to true. State dicts of a
+Vim / SSAMBA layer's `mixer` load into `BiMamba` strictly.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import selective_scan
+from .mamba import Mamba, MambaBlock
+
+DT_B_INITS = ("vim", "mamba")
+
+
+class BiMamba(Mamba):
+    """Bimamba v2 mixer: [B, L, d_model] -> [B, L, d_model], each token sees the whole sequence.
+
+    Init of the backward set, `dt_b_init`:
+    - "vim" (Vim / SSAMBA's code): `conv1d_b`, `x_proj_b`, `dt_proj_b` keep PyTorch's default
+      init (for dt_proj_b.weight that is U(+-R^-1/2), the same law as dt_proj's), and
+      `dt_proj_b.bias` is not protected from the model-wide init, which zeroes it
+      (`BiMambaBlock.init_encoder`), so the backward step sizes start at softplus(~0) ~ 0.69;
+    - "mamba": dt_proj_b gets dt_proj's Mamba init (log-uniform dt in [dt_min, dt_max]).
+    A_b_log = log(1..N) and D_b = 1 either way.
+    """
+
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto",
+                 dt_min=1e-3, dt_max=1e-1, dt_init_floor=1e-4, dt_scale=1.0,
+                 conv_bias=True, bias=False, dt_b_init="vim"):
+        if dt_b_init not in DT_B_INITS:
+            raise ValueError(f"dt_b_init must be one of {DT_B_INITS}, got {dt_b_init!r}")
+        super().__init__(d_model, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
+                         dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, dt_scale=dt_scale,
+                         conv_bias=conv_bias, bias=bias)
+        E, R = self.d_inner, self.dt_rank
+        self.A_b_log = nn.Parameter(self.A_log.detach().clone())  # log(1..N) per channel
+        self.A_b_log._no_weight_decay = True
+        self.conv1d_b = nn.Conv1d(E, E, kernel_size=d_conv, groups=E, padding=d_conv - 1, bias=conv_bias)
+        self.x_proj_b = nn.Linear(E, R + 2 * d_state, bias=False)
+        self.dt_proj_b = nn.Linear(R, E, bias=True)
+        self.D_b = nn.Parameter(torch.ones(E))
+        self.D_b._no_weight_decay = True
+        if dt_b_init == "mamba":
+            # The forward set's Mamba init, drawn afresh for the backward set.
+            std = R ** -0.5 * dt_scale
+            nn.init.uniform_(self.dt_proj_b.weight, -std, std)
+            log_dt = torch.rand(E) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+            with torch.no_grad():
+                self.dt_proj_b.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            self.dt_proj_b.bias._no_reinit = True
+
+    def _direction(self, x, z, conv1d, x_proj, dt_proj, A_log, D):
+        """One direction's SSM on x, z [B, E, L] (already in that direction's time order):
+        causal conv + SiLU -> x_proj -> dt, B, C -> selective scan (D skip, SiLU(z) gate)."""
+        seqlen = x.shape[-1]
+        A = -torch.exp(A_log.float())
+        x = F.silu(conv1d(x)[..., :seqlen])  # causal: keep the first L outputs
+        dt, B, C = torch.split(x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias is added inside the scan
+        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        return selective_scan(x.contiguous(), dt.contiguous(), A, B, C, D.float(), z=z.contiguous(),
+                              delta_bias=dt_proj.bias.float(), delta_softplus=True)
+
+    def forward(self, hidden_states):
+        """[B, L, d_model] -> [B, L, d_model]."""
+        xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2E, L]
+        x, z = xz.chunk(2, dim=1)
+        y_f = self._direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        y_b = self._direction(x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b,
+                              self.A_b_log, self.D_b)
+        return self.out_proj(((y_f + y_b.flip(-1)) / 2).transpose(1, 2))
+
+
+class BiMambaBlock(nn.Module):
+    """Vim's Block around `BiMamba`, as SSAMBA configures it (LayerNorm with bias, eps 1e-5; no
+    RMSNorm, no fused add-norm): residual += hidden; hidden = mixer(norm(residual)). The stream
+    is hidden + residual, the residual kept in fp32. Drop-path (SSAMBA trains with 0.1) is not
+    part of the block."""
+    causal = False  # the backward scan makes every token depend on every other
+
+    def __init__(self, dim: int, norm_eps: float = 1e-5, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_b_init: str = "vim"):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mixer = BiMamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, dt_b_init=dt_b_init)
+
+    forward = MambaBlock.forward  # the same add -> norm -> mixer step
+
+    @staticmethod
+    def init_encoder(encoder: nn.Module, depth: int) -> None:
+        """Vim's `_init_weights` as VisionMamba applies it (SSAMBA keeps it unchanged), over the
+        blocks only (Vim applies it to its backbone, whose other Linear is an unused head; SSAMBA's
+        heads live outside it and keep PyTorch's default init): zero every Linear bias not marked
+        `_no_reinit` (in a BiMamba layer only dt_proj_b's, with dt_b_init="vim"), and re-draw
+        each mixer's out_proj weight (kaiming-uniform, a=sqrt(5)) scaled by 1/sqrt(depth)
+        (n_residuals_per_layer = 1; depth = the number of blocks, 24 in SSAMBA)."""
+        for block in encoder.modules():
+            if not isinstance(block, BiMambaBlock):
+                continue
+            for m in block.modules():
+                if isinstance(m, nn.Linear) and m.bias is not None and not getattr(m.bias, "_no_reinit", False):
+                    nn.init.zeros_(m.bias)
+            w = block.mixer.out_proj.weight
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            with torch.no_grad():
+                w /= math.sqrt(depth)
