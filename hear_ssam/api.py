@@ -18,13 +18,14 @@ RANDOM_INIT_SEED = 0
 
 
 def load_model(model_file_path: str = "", token_order: str | None = None,
-               chunk_batch_size: int | None = None, window_seconds: float = 2.0) -> HearSSAM:
+               chunk_batch_size: int | None = None, window_seconds: float | None = None) -> HearSSAM:
     """A HEAR model in eval mode, from our .safetensors, an official .pth, or the default.
 
     token_order: None keeps the checkpoint's own ("time-major" unless it says otherwise);
     "official" reproduces the released HEAR runtime's frame layout exactly (2 s windows only).
-    window_seconds: length of the independent windows a clip is cut into (default 2, the
-    pretraining crop); longer windows extend the fixed sin-cos positions by their formula.
+    window_seconds: length of the independent windows a clip is cut into (default: the
+    pretraining crop, 2 s for SSAM / SSAST / AxLSTM, 10.24 s for SSAMBA); longer windows
+    extend the fixed sin-cos positions by their formula.
     chunk_batch_size: windows per encoder call (default: 32 s of audio per call).
     Through heareval: --model-options '{"window_seconds": 10}'.
     """
@@ -42,7 +43,8 @@ def load_model(model_file_path: str = "", token_order: str | None = None,
         config = make_config(encoder.cfg, provenance={"weights": f"random init, seed {RANDOM_INIT_SEED}"})
     order = token_order or config.get("token_order", "time-major")
     frontend = FrontendConfig.from_dict(config["frontend"])
-    window_frames = window_frames_of(window_seconds, frontend, encoder.cfg.patch_time)
+    window_frames = encoder.cfg.crop_frames if window_seconds is None else \
+        window_frames_of(window_seconds, frontend, encoder.cfg.patch_time)
     if window_frames != encoder.cfg.crop_frames:
         if order == "official":
             raise ValueError(f"token_order='official' reproduces the released runtime, which only "

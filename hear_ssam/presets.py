@@ -17,7 +17,7 @@ import dataclasses
 from typing import Callable
 
 from .encoder import EncoderConfig
-from .frontend import FrontendConfig
+from .frontend import SSAMBA_FBANK, FrontendConfig
 
 
 def identity_keys(state: dict) -> tuple[dict, dict]:
@@ -78,6 +78,34 @@ def _mlstm_options(state, dim):
             "qkv_block_size": state["blocks.0.layer.q_proj.weight"].shape[-1]}
 
 
+def ssamba_keys(state: dict) -> tuple[dict, dict]:
+    """A released SSAMBA state dict (SSAST model around a Vim backbone `v`, DataParallel
+    prefix already stripped) -> (our keys, set-aside keys).
+
+    v.layers.i.* -> blocks.i.*; v.norm_f -> encoder_norm; v.patch_embed / cls_token / pos_embed
+    as ours, the patch kernel transposed (SSAST convolves [B, 1, F, T], we convolve
+    [B, 1, T, F]); mask_embed -> mask_token; the generative head gpredlayer -> pred. Set aside:
+    the contrastive head cpredlayer, the unused classifier v.head, p_input_fdim / p_input_tdim.
+    """
+    ours, aside = {}, {}
+    for k, v in state.items():
+        if k == "v.patch_embed.proj.weight":
+            ours["patch_embed.proj.weight"] = v.transpose(-1, -2).contiguous()
+        elif k.startswith("v.layers."):
+            ours["blocks." + k[len("v.layers."):]] = v
+        elif k.startswith("v.norm_f."):
+            ours["encoder_norm." + k[len("v.norm_f."):]] = v
+        elif k.startswith(("v.patch_embed.", "v.cls_token", "v.pos_embed")):
+            ours[k[len("v."):]] = v
+        elif k == "mask_embed":
+            ours["mask_token"] = v
+        elif k.startswith("gpredlayer."):
+            ours["pred." + k[len("gpredlayer."):]] = v
+        else:
+            aside[k] = v
+    return ours, aside
+
+
 _SIZES = {"tiny": {"embed_dim": 192}, "small": {"embed_dim": 384}, "base": {"embed_dim": 768}}
 
 FAMILIES = {f.name: f for f in (
@@ -100,6 +128,16 @@ FAMILIES = {f.name: f for f in (
            sizes=_SIZES, traversal="alternate",
            detect=lambda state: "blocks.0.layer.proj_up.weight" in state,
            block_options_from_state=_mlstm_options),
+    # SSAMBA: 24 bimamba-v2 layers in flipped pairs on 128-bin Kaldi fbank, 16x16 patches of
+    # 10.24 s in frequency-major order, learned positions, final norm applied twice (as released).
+    Family(name="ssamba", title="SSAMBA (Shams et al. 2024, bidirectional Mamba in SSAST)", block="bimamba",
+           block_options={"norm_eps": 1e-5, "d_state": 16, "d_conv": 4, "expand": 2},
+           sizes=_SIZES, traversal="flipped_pairs", frontend=SSAMBA_FBANK, scene_pooling="tokens",
+           encoder={"depth": 24, "crop_frames": 1024, "patch_time": 16, "patch_freq": 16, "norm_eps": 1e-5,
+                    "patch_order": "freq-major", "positions": "learned", "final_norms": 2,
+                    "head_activation": "relu"},
+           detect=lambda state: "v.layers.0.mixer.A_b_log" in state,
+           from_official=ssamba_keys, block_options_from_state=_mamba_options),
 )}
 
 PRESETS = {f"{family.name}-{size}": family.config(size)

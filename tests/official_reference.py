@@ -137,3 +137,50 @@ class OfficialAxLSTM(nn.Module):
             x = ref_block(x.flip(1), p)[0].flip(1) if i % 2 else ref_block(x, p)[0]
         x = F.layer_norm(x, (self.embed_dim,), s["encoder_norm.weight"], s["encoder_norm.bias"], eps=1e-6)
         return rearrange(x[:, 1:], "b (f t) d -> b t (f d)", f=5, d=self.embed_dim)
+
+
+class OfficialSSAMBA(nn.Module):
+    """SSAMBA's released forward restated over its own state dict (REFERENCE §5b), keys as
+    released (`v.*`, DataParallel prefix stripped): Kaldi fbank of the mean-removed clip, padded
+    with zeros or cut to `frames`, normalised (x + 4.2677393) / (2 * 4.5689974); SSAST's patch
+    embedding of [B, 1, F, T] (frequency-major tokens); CLS first; learned positions; pairs of
+    bimamba layers on the sequence and its flip with the streams added; norm_f twice. Returns
+    the tokens after the final norms [B, 1 + N, D]; `ft_avgtok` is their non-CLS mean."""
+
+    def __init__(self, state, mixer_cls, depth, d_state=16):
+        super().__init__()
+        self.state, self.depth = state, depth
+        D = state["v.cls_token"].shape[-1]
+        self.mixers = nn.ModuleList()
+        for i in range(depth):
+            m = mixer_cls(D, d_state=d_state)
+            m.load_state_dict({k[len(f"v.layers.{i}.mixer."):]: v for k, v in state.items()
+                               if k.startswith(f"v.layers.{i}.mixer.")})
+            self.mixers.append(m)
+
+    def fbank(self, clip, frames=1024):
+        x = torchaudio.compliance.kaldi.fbank(
+            (clip - clip.mean()).unsqueeze(0), htk_compat=True, sample_frequency=16000, use_energy=False,
+            window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
+        x = F.pad(x, (0, 0, 0, max(0, frames - x.shape[0])))[:frames]  # zeros, then normalise
+        return (x + 4.2677393) / (2 * 4.5689974)
+
+    def layer(self, i, h, r):
+        s = self.state
+        r = h if r is None else r + h
+        normed = F.layer_norm(r, r.shape[-1:], s[f"v.layers.{i}.norm.weight"], s[f"v.layers.{i}.norm.bias"], eps=1e-5)
+        return self.mixers[i](normed), r
+
+    def forward_tokens(self, fbank):
+        s = self.state
+        x = fbank.unsqueeze(1).transpose(2, 3)  # [B, 1, 128, T]
+        x = F.conv2d(x, s["v.patch_embed.proj.weight"], s["v.patch_embed.proj.bias"], stride=16)
+        x = x.flatten(2).transpose(1, 2)  # [B, 8 * T / 16, D], index f * n_t + t
+        x = torch.cat([s["v.cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + s["v.pos_embed"]
+        h, r = x, None
+        for i in range(0, self.depth, 2):
+            h_f, r_f = self.layer(i, h, r)
+            h_b, r_b = self.layer(i + 1, h.flip(1), None if r is None else r.flip(1))
+            h, r = h_f + h_b.flip(1), r_f + r_b.flip(1)
+        norm = lambda t: F.layer_norm(t, t.shape[-1:], s["v.norm_f.weight"], s["v.norm_f.bias"], eps=1e-5)  # noqa: E731
+        return norm(norm(r + h))

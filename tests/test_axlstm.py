@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import hear_ssam
+from hear_ssam.__main__ import main as cli
 from conftest import noise
 from official_reference import OfficialAxLSTM, official_embeddings
 from test_checkpoint import write_official
@@ -77,7 +78,7 @@ def test_official_release_layout_loads_strictly_as_axlstm(official_axlstm, tmp_p
     for k, v in state.items():
         assert torch.equal(model.encoder.state_dict()[k], v), k
     out = tmp_path / "axlstm.safetensors"
-    assert hear_ssam.__main__.main(["convert", str(path), str(out), "--token-order", "official"]) == 0
+    assert cli(["convert", str(path), str(out), "--token-order", "official"]) == 0
     again = hear_ssam.load_model(str(out))
     assert again.token_order == "official" and again.config["family"] == "axlstm"
     for k, v in state.items():

@@ -132,7 +132,7 @@ def test_bidirectional_encoder_refuses_a_cut_crop():
 
 
 def test_bad_config_is_named():
-    with pytest.raises(ValueError, match=r"block must be one of \['mamba', .*got 'transformer'"):
+    with pytest.raises(ValueError, match=r"block must be one of \[.*'mamba'.*\], got 'transformer'"):
         EncoderConfig(block="transformer")
     with pytest.raises(ValueError, match="traversal must be one of"):
         EncoderConfig(traversal="backward")
@@ -144,7 +144,7 @@ def test_bad_config_is_named():
 
 def test_presets_are_derived_from_the_families():
     assert SSAMEncoder is SpectrogramEncoder
-    assert set(PRESETS) == {f"{f}-{s}" for f in ("ssam", "ssast", "axlstm") for s in ("tiny", "small", "base")}
+    assert set(PRESETS) == {f"{f}-{s}" for f in ("ssam", "ssast", "axlstm", "ssamba") for s in ("tiny", "small", "base")}
     for name, cfg in PRESETS.items():
         family = FAMILIES[name.split("-")[0]]
         assert cfg.block == family.block and cfg.traversal == family.traversal

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import hear_ssam
+from hear_ssam.__main__ import main as cli
 from hear_bundle import write_event_task, write_scene_task
 
 pytestmark = pytest.mark.slow
@@ -41,12 +42,14 @@ def test_validator_default_model(tmp_path):
 
 def test_validator_on_every_checkpoint_format(tmp_path, official_ckpt):
     converted = tmp_path / "converted.safetensors"
-    hear_ssam.__main__.main(["convert", str(official_ckpt), str(converted), "--token-order", "official"])
+    cli(["convert", str(official_ckpt), str(converted), "--token-order", "official"])
     ssast = tmp_path / "ssast.safetensors"
-    hear_ssam.__main__.main(["init", "ssast-tiny", str(ssast)])
+    cli(["init", "ssast-tiny", str(ssast)])
     axlstm = tmp_path / "axlstm.safetensors"
-    hear_ssam.__main__.main(["init", "axlstm-tiny", str(axlstm)])
-    for ckpt in (official_ckpt, converted, ssast, axlstm):
+    cli(["init", "axlstm-tiny", str(axlstm)])
+    ssamba = tmp_path / "ssamba.safetensors"
+    cli(["init", "ssamba-tiny", str(ssamba)])
+    for ckpt in (official_ckpt, converted, ssast, axlstm, ssamba):
         _validator_ok(_run([str(BIN / "hear-validator"), "hear_ssam", "--model", str(ckpt)], cwd=tmp_path))
 
 

@@ -8,10 +8,11 @@ The block contract (every entry of BLOCKS):
 - `causal`: whether output token k depends only on input tokens <= k;
 - `init_encoder(encoder, depth)`: the family's model-wide init, run once after construction.
 """
+from .bimamba import BiMamba, BiMambaBlock
 from .mamba import Mamba, MambaBlock
 from .mlstm import mLSTMBlock
 from .vit import ViTBlock
 
-BLOCKS = {"mamba": MambaBlock, "vit": ViTBlock, "mlstm": mLSTMBlock}
+BLOCKS = {"mamba": MambaBlock, "vit": ViTBlock, "mlstm": mLSTMBlock, "bimamba": BiMambaBlock}
 
-__all__ = ["BLOCKS", "Mamba", "MambaBlock", "ViTBlock", "mLSTMBlock"]
+__all__ = ["BLOCKS", "Mamba", "MambaBlock", "BiMamba", "BiMambaBlock", "ViTBlock", "mLSTMBlock"]
