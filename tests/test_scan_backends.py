@@ -112,6 +112,9 @@ def test_dispatch_errors_name_the_problem(monkeypatch):
     monkeypatch.delenv(ops.SCAN_ENV)
     with pytest.raises(BackendUnavailable, match="cuda"):
         resolve_backend("cpu", "cuda")  # mamba_ssm's kernels either don't import or need CUDA tensors
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendUnavailable, match="CUDA|cuda"):
+        resolve_backend("cpu", "triton")  # no GPU here, or CPU tensors given to a CUDA kernel
 
 
 def test_mamba_module_matches_the_reference_maths():

@@ -34,15 +34,22 @@ def _mamba_ssm_cuda():
     return selective_scan_fn
 
 
+def _triton():
+    """Our Triton kernels (ops/selective_scan_triton.py): CUDA without any CUDA build."""
+    from .selective_scan_triton import load_triton
+    return load_triton()
+
+
 SCAN_BACKENDS = {
     "cuda": _mamba_ssm_cuda,            # mamba_ssm's fused kernel (CUDA tensors only)
+    "triton": _triton,                  # Triton forward + backward (CUDA tensors only)
     "chunked": lambda: selective_scan_chunked,   # pure PyTorch, bounded memory, any device
     "reference": lambda: selective_scan_ref,     # plain loop, the ground truth of the tests
 }
 # Which backends serve which device type, fastest first. A CUDA-only backend is never
 # picked for CPU tensors and vice versa.
-AUTO_ORDER = {"cuda": ("cuda", "chunked"), "cpu": ("chunked",)}
-DEVICE_ONLY = {"cuda": "cuda"}
+AUTO_ORDER = {"cuda": ("cuda", "triton", "chunked"), "cpu": ("chunked",)}
+DEVICE_ONLY = {"cuda": "cuda", "triton": "cuda"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,7 +74,9 @@ def resolve_backend(device_type: str, backend: str | None = None) -> str:
     if requested:
         load_backend(requested)  # raises with the reason if it cannot run
         only = DEVICE_ONLY.get(requested)
-        if only and only != device_type:
+        # Triton's interpreter (TRITON_INTERPRET=1) runs its kernels on CPU tensors: for tests only.
+        interpreted = requested == "triton" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+        if only and only != device_type and not interpreted:
             raise BackendUnavailable(f"selective-scan backend {requested!r} runs on {only} tensors only, "
                                      f"got {device_type} tensors")
         return requested
