@@ -18,7 +18,8 @@ RANDOM_INIT_SEED = 0
 
 
 def load_model(model_file_path: str = "", token_order: str | None = None,
-               chunk_batch_size: int | None = None, window_seconds: float | None = None) -> HearSSAM:
+               chunk_batch_size: int | None = None, window_seconds: float | None = None,
+               precision: str = "fp32") -> HearSSAM:
     """A HEAR model in eval mode, from our .safetensors, an official .pth, or the default.
 
     token_order: None keeps the checkpoint's own ("time-major" unless it says otherwise);
@@ -27,7 +28,9 @@ def load_model(model_file_path: str = "", token_order: str | None = None,
     pretraining crop, 2 s for SSAM / SSAST / AxLSTM, 10.24 s for SSAMBA); longer windows
     extend the fixed sin-cos positions by their formula.
     chunk_batch_size: windows per encoder call (default: 32 s of audio per call).
-    Through heareval: --model-options '{"window_seconds": 10}'.
+    precision: "fp32" (default), or "fp16" / "bf16" autocast for the encoder (the official
+    runtime embeds under fp16 autocast on GPU; outputs stay float32).
+    Through heareval: --model-options '{"window_seconds": 10, "precision": "fp16"}'.
     """
     if model_file_path:
         encoder, config = load_checkpoint(model_file_path)
@@ -55,7 +58,7 @@ def load_model(model_file_path: str = "", token_order: str | None = None,
         chunk_batch_size = max(1, round(3200 / encoder.cfg.crop_frames))
     family = FAMILIES.get(config.get("family") or "")
     return HearSSAM(encoder, order, chunk_batch_size, config, frontend=frontend,
-                    scene_pooling=family.scene_pooling if family else "frames").eval()
+                    scene_pooling=family.scene_pooling if family else "frames", precision=precision).eval()
 
 
 def window_frames_of(window_seconds, frontend: FrontendConfig, patch_time: int) -> int:

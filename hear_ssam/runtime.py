@@ -28,6 +28,7 @@ from .encoder import SpectrogramEncoder
 from .frontend import FrontendConfig, build_frontend, pad_value
 
 TOKEN_ORDERS = ("time-major", "official")
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # autocast dtype of the encoder
 SCENE_POOLINGS = ("frames", "tokens")
 MAX_HOP_MS = 50.0  # HEAR's recommended maximum timestamp hop
 
@@ -37,11 +38,14 @@ class HearSSAM(nn.Module):
 
     def __init__(self, encoder: SpectrogramEncoder, token_order: str = "time-major",
                  chunk_batch_size: int = 16, config: dict | None = None,
-                 frontend: FrontendConfig | None = None, scene_pooling: str = "frames"):
+                 frontend: FrontendConfig | None = None, scene_pooling: str = "frames",
+                 precision: str = "fp32"):
         """`frontend`: the features the encoder was trained on (default: the config's, else SSAM's)."""
         super().__init__()
         if token_order not in TOKEN_ORDERS:
             raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {token_order!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if scene_pooling not in SCENE_POOLINGS:
             raise ValueError(f"scene_pooling must be one of {SCENE_POOLINGS}, got {scene_pooling!r}")
         if token_order == "official" and encoder.cfg.patch_order != "time-major":
@@ -55,12 +59,14 @@ class HearSSAM(nn.Module):
             raise ValueError(f"frontend gives {frontend.n_mels} bins, the encoder expects {encoder.cfg.n_mels}")
         self.config.update(frontend=frontend.to_dict(), token_order=token_order,  # what actually runs
                            window_seconds=encoder.cfg.crop_frames * frontend.frame_ms / 1000,
-                           scene_pooling=scene_pooling)
+                           scene_pooling=scene_pooling, precision=precision)
         self.frontend = build_frontend(frontend)
         self.pad_value = pad_value(frontend)
         self.encoder = encoder
         self.token_order = token_order
         self.scene_pooling = scene_pooling
+        # The official runtime embeds under fp16 autocast on GPU; the frontend stays fp32.
+        self.precision = precision
         self.chunk_batch_size = int(chunk_batch_size)  # windows per encoder call
         self.sample_rate = int(frontend.sample_rate)
         cfg = encoder.cfg
@@ -103,8 +109,10 @@ class HearSSAM(nn.Module):
 
     def encode(self, chunks: torch.Tensor) -> torch.Tensor:
         """Frames [B, n_t, n_f * D] of chunks [B, 1, frames, F], `chunk_batch_size` at a time."""
-        out = [self.tokens_to_frames(self.encoder(chunks[i:i + self.chunk_batch_size]))
-               for i in range(0, chunks.shape[0], self.chunk_batch_size)]
+        dtype = PRECISIONS[self.precision]
+        with torch.autocast(chunks.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = [self.tokens_to_frames(self.encoder(chunks[i:i + self.chunk_batch_size])).float()
+                   for i in range(0, chunks.shape[0], self.chunk_batch_size)]
         return torch.cat(out)
 
     def clip_frames(self, spec: torch.Tensor) -> torch.Tensor:

@@ -167,3 +167,15 @@ def test_every_family_runs_on_a_long_window():
         enc.extend_window(3000)  # 30 s: one window holds the whole clip
         emb, ts = hear_ssam.get_timestamp_embeddings(audio, hear_ssam.HearSSAM(enc))
         assert emb.shape == (1, ts.shape[1], 960) and torch.isfinite(emb).all()
+
+
+def test_half_precision_autocast_stays_close_to_fp32(random_model):
+    """bf16 autocast (CPU; fp16 is the same switch on CUDA): float32 outputs, close to fp32."""
+    audio = noise(2, 2.5, seed=3)
+    half = hear_ssam.HearSSAM(random_model.encoder, precision="bf16")
+    a, _ = hear_ssam.get_timestamp_embeddings(audio, random_model)
+    b, _ = hear_ssam.get_timestamp_embeddings(audio, half)
+    assert b.dtype == torch.float32 and half.config["precision"] == "bf16"
+    assert ((b - a).norm() / a.norm()).item() < 2e-2
+    with pytest.raises(ValueError, match="precision must be one of"):
+        hear_ssam.HearSSAM(random_model.encoder, precision="int8")
