@@ -3,6 +3,10 @@
     crop [B, 1, T, F] -> patchify / patch_embed -> + positions -> mask -> prepend CLS
                       -> blocks (in the config's traversal) -> encoder_norm -> tokens [B, 1 + N, D]
                       -> `pred` head -> reconstructed patches [B, N, pt * pf]   (pretraining only)
+                      -> `cpred` head -> patch scores [B, N, pt * pf]    (SSAST's InfoNCE, if configured)
+
+Masking: SSAM replaces masked patches by the mask token after adding positions (so mask
+tokens carry no position); SSAST / SSAMBA replace them before (`mask_token_position`).
 
 A family is data (`presets.py`): which block (`modules.BLOCKS`), its options, the traversal,
 the sizes. Patching, positions, CLS/mask tokens and the head are shared here, and the
@@ -41,7 +45,13 @@ class EncoderConfig:
     patch_order: str = "time-major"  # token index t * n_f + f (SSAM), or "freq-major" f * n_t + t (SSAST)
     positions: str = "sincos"  # fixed 2-D sin-cos table (MAE), or "learned" (trunc-normal 0.02)
     final_norms: int = 1  # encoder_norm applications at the end (the released SSAMBA applies it twice)
-    head_activation: str = "gelu"  # of the reconstruction head `pred` (SSAST's heads use ReLU)
+    head_activation: str = "gelu"  # of the heads `pred` / `cpred` (SSAST's heads use ReLU)
+    # SSAST / SSAMBA pretraining (defaults: SSAM's, unchanged):
+    mask_token_position: bool = False  # mask tokens get their patch's position (SSAST) or none (SSAM)
+    contrastive_head: bool = False  # add `cpred` (SSAST's cpredlayer, D -> D -> pt * pf) for InfoNCE
+    # a patch's pt x pf values in patchify's targets and the heads' outputs: "time-major"
+    # (t * pf + f, SSAM) or "freq-major" (f * pt + t, SSAST's Unfold of the [F, T] spectrogram)
+    patch_pixel_order: str = "time-major"
 
     def __post_init__(self):
         if self.block not in BLOCKS:
@@ -53,7 +63,7 @@ class EncoderConfig:
         if self.crop_frames % self.patch_time or self.n_mels % self.patch_freq:
             raise ValueError("crop_frames and n_mels must be multiples of the patch size")
         for name, allowed in (("patch_order", PATCH_ORDERS), ("positions", ("sincos", "learned")),
-                              ("head_activation", tuple(HEAD_ACTIVATIONS))):
+                              ("head_activation", tuple(HEAD_ACTIVATIONS)), ("patch_pixel_order", PATCH_ORDERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.final_norms < 1:
@@ -154,7 +164,7 @@ TRAVERSALS = {"forward": traverse_forward, "alternate": traverse_alternate,
 
 
 class SpectrogramEncoder(nn.Module):
-    """Patch embedding + CLS + fixed positions -> blocks -> encoder_norm (+ `pred` head)."""
+    """Patch embedding + CLS + positions -> blocks -> encoder_norm (+ `pred`, and `cpred` if configured)."""
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
@@ -173,6 +183,9 @@ class SpectrogramEncoder(nn.Module):
         self.encoder_norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.pred = nn.Sequential(nn.Linear(D, D), HEAD_ACTIVATIONS[cfg.head_activation](),
                                   nn.Linear(D, cfg.patch_dim))
+        if cfg.contrastive_head:  # SSAST's cpredlayer: scores a masked token against the input patches
+            self.cpred = nn.Sequential(nn.Linear(D, D), HEAD_ACTIVATIONS[cfg.head_activation](),
+                                       nn.Linear(D, cfg.patch_dim))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
         block_cls.init_encoder(self, cfg.depth)
@@ -208,13 +221,29 @@ class SpectrogramEncoder(nn.Module):
         return (self.cfg.traversal == "forward" and BLOCKS[self.cfg.block].causal
                 and self.cfg.patch_order == "time-major")
 
+    def _patch_axes(self):
+        """Permutation of [B, n_t, pt, n_f, pf] to the patch order, then the pixel order."""
+        tokens = (3, 1) if self.cfg.patch_order == "freq-major" else (1, 3)
+        pixels = (4, 2) if self.cfg.patch_pixel_order == "freq-major" else (2, 4)
+        return (0, *tokens, *pixels)
+
     def patchify(self, spec):
-        """[B, 1, T, F] -> [B, N, pt*pf] targets, patch order as the tokens, time-major inside."""
+        """[B, 1, T, F] -> [B, N, pt*pf] targets: patches in the token order, each patch's values
+        in `patch_pixel_order` (time-major t * pf + f, or SSAST's freq-major f * pt + t)."""
         n_t, n_f = self.cfg.grid
         pt, pf = self.cfg.patch_time, self.cfg.patch_freq
         x = spec.reshape(spec.shape[0], n_t, pt, n_f, pf)
-        order = (0, 3, 1, 2, 4) if self.cfg.patch_order == "freq-major" else (0, 1, 3, 2, 4)
-        return x.permute(*order).reshape(spec.shape[0], n_t * n_f, pt * pf)
+        return x.permute(*self._patch_axes()).reshape(spec.shape[0], n_t * n_f, pt * pf)
+
+    def unpatchify(self, patches):
+        """[B, N, pt*pf] (patchify's layout) -> [B, 1, T, F]; the inverse of `patchify`."""
+        n_t, n_f = self.cfg.grid
+        pt, pf = self.cfg.patch_time, self.cfg.patch_freq
+        axes = self._patch_axes()
+        shape = [patches.shape[0], n_t, pt, n_f, pf]
+        x = patches.reshape(*(shape[a] for a in axes))
+        inverse = sorted(range(5), key=axes.__getitem__)
+        return x.permute(*inverse).reshape(patches.shape[0], 1, n_t * pt, n_f * pf)
 
     def tokens_to_grid(self, tokens):
         """[B, N, D] patch tokens (CLS dropped) -> [B, n_t, n_f, D], whatever the patch order."""
@@ -225,12 +254,18 @@ class SpectrogramEncoder(nn.Module):
         return tokens.view(B, N // n_f, n_f, D)
 
     def embed(self, spec, mask: Optional[torch.Tensor] = None):
-        """[B, 1, T, F] -> tokens [B, 1 + N, D]; masked patches ([B, N] True) become the
-        position-free mask token; CLS (+ its zero position) is prepended."""
+        """[B, 1, T, F] -> tokens [B, 1 + N, D]; masked patches ([B, N] True) become the mask
+        token, position-free (SSAM: replaced after the positions are added) or with the
+        patch's position (`mask_token_position`, SSAST: replaced before); CLS (+ its
+        position) is prepended."""
         x = self.patch_embed(spec)
-        x = x + self.pos_embed[:, 1:1 + x.shape[1]]
+        pos = self.pos_embed[:, 1:1 + x.shape[1]]
+        if not self.cfg.mask_token_position:
+            x = x + pos
         if mask is not None:
             x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        if self.cfg.mask_token_position:
+            x = x + pos
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         return torch.cat([cls.to(x.dtype), x], dim=1)
 
@@ -252,10 +287,15 @@ class SpectrogramEncoder(nn.Module):
         self._check_input(spec, allow_prefix=self.is_causal and mask is None)
         return self.forward_blocks(self.embed(spec, mask))[:, 1:]
 
+    def encode_masked(self, spec, mask):
+        """Pretraining forward: the final tokens [B, 1 + N, D] (CLS first) of a masked crop,
+        for the heads (`pred`, `cpred`) to read."""
+        self._check_input(spec)
+        return self.forward_blocks(self.embed(spec, mask))
+
     def reconstruct(self, spec, mask):
         """Pretraining forward: predicted patches [B, N, patch_dim] from a masked crop."""
-        self._check_input(spec)
-        return self.pred(self.forward_blocks(self.embed(spec, mask)))[:, 1:]
+        return self.pred(self.encode_masked(spec, mask))[:, 1:]
 
     def _check_input(self, spec, allow_prefix=False):
         want = (1, self.cfg.crop_frames, self.cfg.n_mels)

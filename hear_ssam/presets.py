@@ -84,8 +84,10 @@ def ssamba_keys(state: dict) -> tuple[dict, dict]:
 
     v.layers.i.* -> blocks.i.*; v.norm_f -> encoder_norm; v.patch_embed / cls_token / pos_embed
     as ours, the patch kernel transposed (SSAST convolves [B, 1, F, T], we convolve
-    [B, 1, T, F]); mask_embed -> mask_token; the generative head gpredlayer -> pred. Set aside:
-    the contrastive head cpredlayer, the unused classifier v.head, p_input_fdim / p_input_tdim.
+    [B, 1, T, F]); mask_embed -> mask_token; the generative head gpredlayer -> pred and the
+    contrastive head cpredlayer -> cpred (both unchanged: the family's patch_pixel_order is
+    SSAST's, so their 256 outputs are in the order of our targets). Set aside: the unused
+    classifier v.head, p_input_fdim / p_input_tdim.
     """
     ours, aside = {}, {}
     for k, v in state.items():
@@ -101,6 +103,8 @@ def ssamba_keys(state: dict) -> tuple[dict, dict]:
             ours["mask_token"] = v
         elif k.startswith("gpredlayer."):
             ours["pred." + k[len("gpredlayer."):]] = v
+        elif k.startswith("cpredlayer."):
+            ours["cpred." + k[len("cpredlayer."):]] = v
         else:
             aside[k] = v
     return ours, aside
@@ -130,12 +134,15 @@ FAMILIES = {f.name: f for f in (
            block_options_from_state=_mlstm_options),
     # SSAMBA: 24 bimamba-v2 layers in flipped pairs on 128-bin Kaldi fbank, 16x16 patches of
     # 10.24 s in frequency-major order, learned positions, final norm applied twice (as released).
+    # Pretrained as SSAST: mask tokens replaced before the positions are added, a contrastive
+    # head `cpred` beside `pred`, patch values in SSAST's Unfold order (pretrain ssast_joint).
     Family(name="ssamba", title="SSAMBA (Shams et al. 2024, bidirectional Mamba in SSAST)", block="bimamba",
            block_options={"norm_eps": 1e-5, "d_state": 16, "d_conv": 4, "expand": 2},
            sizes=_SIZES, traversal="flipped_pairs", frontend=SSAMBA_FBANK, scene_pooling="tokens",
            encoder={"depth": 24, "crop_frames": 1024, "patch_time": 16, "patch_freq": 16, "norm_eps": 1e-5,
                     "patch_order": "freq-major", "positions": "learned", "final_norms": 2,
-                    "head_activation": "relu"},
+                    "head_activation": "relu", "mask_token_position": True, "contrastive_head": True,
+                    "patch_pixel_order": "freq-major"},
            detect=lambda state: "v.layers.0.mixer.A_b_log" in state,
            from_official=ssamba_keys, block_options_from_state=_mamba_options),
 )}

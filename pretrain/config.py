@@ -10,7 +10,7 @@ from hear_ssam.encoder import EncoderConfig
 from hear_ssam.frontend import FrontendConfig
 from hear_ssam.presets import PRESETS, family_of_preset
 
-from .objectives import MASKINGS, OBJECTIVES
+from .objectives import MASKINGS, objective_error, objective_metrics
 
 
 @dataclasses.dataclass
@@ -26,12 +26,25 @@ class TrainConfig:
     betas: tuple = (0.9, 0.95)
     epochs: float = 100.0
     warmup_epochs: float = 10.0
+    warmup_steps: Optional[int] = None  # absolute warm-up steps (SSAMBA: 1000); overrides warmup_epochs
     max_steps: Optional[int] = None  # overrides epochs when set
     epoch_clips: Optional[int] = None  # crops per epoch; default: one per file
+    # lr after the linear warm-up: "cosine" = half-cosine to 0 at the last step (SSAM / AxLSTM);
+    # "plateau" = the peak, halved (plateau_factor) when the mean of plateau_metric over the last
+    # plateau_every steps has not improved for more than plateau_patience checks (torch's
+    # ReduceLROnPlateau, threshold 1e-4 relative; SSAST / SSAMBA)
+    schedule: str = "cosine"
+    plateau_every: int = 4000  # steps per check (SSAST / SSAMBA's epoch_iter)
+    plateau_patience: int = 2  # SSAMBA's lr_patience
+    plateau_factor: float = 0.5
+    # training metric the plateau watches: "loss" (lower is better), or "accuracy" (the masked
+    # patch classification accuracy of a joint objective, higher is better: the quantity SSAST /
+    # SSAMBA's scheduler watches, there on a validation set)
+    plateau_metric: str = "loss"
     # objective (pretrain/objectives.py)
-    masking: str = "unstructured"  # key of MASKINGS
-    mask_ratio: float = 0.5
-    objective: str = "mse_all"  # key of OBJECTIVES: MSE over all patches (official) or "mse_masked"
+    masking: str = "unstructured"  # key of MASKINGS ("cluster": SSAST's)
+    mask_ratio: float = 0.5  # N - int(N * (1 - mask_ratio)) patches masked (SSAMBA: 300/512 = 0.5859375)
+    objective: str = "mse_all"  # key of OBJECTIVES: MSE over all patches (official), "mse_masked", "ssast_joint"
     # runtime
     precision: str = "fp16"  # fp16 | bf16 | fp32; autocast on CUDA only (CPU runs fp32)
     num_workers: int = 4
@@ -44,14 +57,26 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
+        if objective_error(self.objective):
+            raise ValueError(objective_error(self.objective))
         if self.masking not in MASKINGS:
             raise ValueError(f"masking must be one of {sorted(MASKINGS)}, got {self.masking!r}")
         if self.precision not in ("fp16", "bf16", "fp32"):
             raise ValueError(f"precision must be fp16, bf16 or fp32, got {self.precision!r}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.schedule not in ("cosine", "plateau"):
+            raise ValueError(f"schedule must be 'cosine' or 'plateau', got {self.schedule!r}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.plateau_every < 1 or self.plateau_patience < 0 or not 0.0 < self.plateau_factor < 1.0:
+            raise ValueError(f"plateau needs plateau_every >= 1, plateau_patience >= 0 and plateau_factor "
+                             f"in (0, 1), got {self.plateau_every}, {self.plateau_patience}, {self.plateau_factor}")
+        if self.plateau_metric not in ("loss", "accuracy"):
+            raise ValueError(f"plateau_metric must be 'loss' or 'accuracy', got {self.plateau_metric!r}")
+        if self.plateau_metric == "accuracy" and "acc" not in objective_metrics(self.objective):
+            raise ValueError(f"plateau_metric 'accuracy' needs an objective that reports one (ssast_joint), "
+                             f"not {self.objective!r}")
 
     def encoder_config(self) -> EncoderConfig:
         """The preset's EncoderConfig with `encoder_overrides` applied."""

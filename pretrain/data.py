@@ -141,7 +141,7 @@ class CropDataset(Dataset):
 
     def _crop(self, i, rng) -> torch.Tensor:
         """Un-normalised [crop_frames, F] crop of file i."""
-        n_frames = self._samples_16k(i) // self.hop + 1
+        n_frames = self.frontend.n_frames(self._samples_16k(i))
         cached = self.cache_dir is not None and self._cache_path(i).exists()
         if n_frames <= self.crop_frames:  # short file: tile its frames
             feats = self._cached(i) if cached else self._whole_file_features(i)

@@ -3,12 +3,14 @@
     python -m pretrain train --config pretrain/configs/ssam_tiny.yaml --data DIR_OR_MANIFEST --out runs/NAME
     torchrun --nproc-per-node=4 -m pretrain train --config ... --data ... --out ...
 
-The encoder sees all 1 + 250 tokens; masked patches are replaced by the learnable,
-position-free mask token; the head predicts every patch; the masking and the objective are
-named choices (pretrain/objectives.py; the recipe: unstructured, MSE over all patches).
+The encoder sees all 1 + N tokens; masked patches are replaced by the learnable mask token
+(position-free for SSAM, with position for SSAST / SSAMBA); the heads predict every patch; the
+masking and the objective are named choices (pretrain/objectives.py; SSAM's recipe:
+unstructured, MSE over all patches; SSAMBA's: cluster masking, SSAST's joint InfoNCE + MSE).
+The lr warms up linearly, then follows a half-cosine (SSAM) or a plateau schedule (SSAMBA).
 Checkpoints (pretrain/checkpoints.py) are one safetensors file written atomically every
 `ckpt_every` steps; `--resume` continues exactly (data order, crops and masks are all
-functions of the seed and the step, so nothing stateful needs saving).
+functions of the seed and the step; the plateau schedule's state is saved in the metadata).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from .checkpoints import CHECKPOINT, load_training_checkpoint, save_training_che
 from .config import TrainConfig
 from .data import CropDataset, EpochSampler, list_audio
 from .export import export
-from .objectives import MASKINGS, MaskedSpectrogramModel
+from .objectives import MASKINGS, MaskedSpectrogramModel, masks_per_step, objective_metrics
 from .seeds import derive_seed
 
 log = logging.getLogger("pretrain")
@@ -46,6 +48,62 @@ def lr_at(step, total, warmup, peak):
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def lr_plateau(step, warmup, peak, scale):
+    """Linear warm-up to the peak, times the plateau schedule's current scale (1, 0.5, ...).
+
+    (SSAST / SSAMBA raise the lr in 50-step stairs from 0, `step / 1000 * lr` at every 50th step;
+    this is the same ramp without the stairs, the house's warm-up.)"""
+    return peak * scale * min(1.0, (step + 1) / warmup) if warmup else peak * scale
+
+
+class Plateau:
+    """torch's ReduceLROnPlateau (rel threshold 1e-4, cooldown 0, min_lr 0, eps 1e-8) acting on
+    a scale of the peak lr, fed the mean of a training metric over each interval of steps.
+    Its whole state is a small JSON dict, saved in the training checkpoint for an exact resume."""
+
+    def __init__(self, peak, mode="min", factor=0.5, patience=2, threshold=1e-4, eps=1e-8):
+        self.peak, self.mode, self.factor, self.patience = peak, mode, factor, patience
+        self.threshold, self.eps = threshold, eps
+        self.best, self.bad, self.scale, self.total, self.count, self.checks = None, 0, 1.0, 0.0, 0, 0
+
+    def observe(self, value: float) -> None:
+        """One step's metric (non-finite values, e.g. an fp16 overflow step, are left out)."""
+        if math.isfinite(value):
+            self.total += value
+            self.count += 1
+
+    def _better(self, value):
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best * (1 - self.threshold)
+        return value > self.best * (1 + self.threshold)
+
+    def step(self):
+        """End of an interval: compare its mean with the best so far; maybe halve the scale.
+        Returns the interval's mean (None if it had no finite value)."""
+        value = self.total / self.count if self.count else float("nan")
+        self.total, self.count, self.checks = 0.0, 0, self.checks + 1
+        if self._better(value):
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+        if self.bad > self.patience:
+            old = self.peak * self.scale
+            if old - old * self.factor > self.eps:
+                self.scale *= self.factor
+            self.bad = 0
+        return value if math.isfinite(value) else None
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad": self.bad, "scale": self.scale, "total": self.total,
+                "count": self.count, "checks": self.checks}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("best", "bad", "scale", "total", "count", "checks"):
+            setattr(self, k, state[k])
+
+
 def param_groups(model, weight_decay):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -57,10 +115,13 @@ def param_groups(model, weight_decay):
 # ------------------------------------------------------------------ logging
 
 class MetricsLog:
-    """metrics.csv (+ TensorBoard when installed); rows past a resumed step are dropped."""
+    """metrics.csv (+ TensorBoard when installed); rows past a resumed step are dropped.
+    A joint objective adds its metrics (e.g. nce, mse, acc) as columns."""
     FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "clips_per_s", "elapsed_s"]
 
-    def __init__(self, out: Path, resume_step: int):
+    def __init__(self, out: Path, resume_step: int, extra_fields=()):
+        self.extra = list(extra_fields)
+        self.FIELDS = self.FIELDS[:3] + self.extra + self.FIELDS[3:]
         self.path = out / "metrics.csv"
         rows = []
         if self.path.exists() and resume_step > 0:
@@ -81,7 +142,7 @@ class MetricsLog:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self.FIELDS).writerow(row)
         if self.tb:
-            for k in ("loss", "lr", "grad_norm", "clips_per_s"):
+            for k in ["loss", *self.extra, "lr", "grad_norm", "clips_per_s"]:
                 self.tb.add_scalar(f"train/{k}", row[k], row["step"])
 
     def close(self):
@@ -114,6 +175,7 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
 
     torch.manual_seed(cfg.seed)
     encoder = SpectrogramEncoder(cfg.encoder_config())
+    core = MaskedSpectrogramModel(encoder, cfg.objective)  # refuses an objective whose heads are missing
     files = list_audio(data)
     dataset = CropDataset(files, crop_frames=encoder.cfg.crop_frames, seed=cfg.seed, cache_dir=cache_dir,
                           frontend_cfg=cfg.frontend)
@@ -128,7 +190,16 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
         raise ValueError(f"an epoch of {epoch_clips} clips is smaller than one global batch "
                          f"({cfg.global_batch}); set epoch_clips or a smaller global_batch")
     total = cfg.max_steps or int(cfg.epochs * steps_per_epoch)
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_epochs * steps_per_epoch)
+    plateau = None
+    if cfg.schedule == "plateau":
+        plateau = Plateau(cfg.lr, mode="max" if cfg.plateau_metric == "accuracy" else "min",
+                          factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+
+    def lr_for(step):
+        if plateau is not None:
+            return lr_plateau(step, warmup, cfg.lr, plateau.scale)
+        return lr_at(step, total, warmup, cfg.lr)
 
     optimizer = torch.optim.AdamW(param_groups(encoder, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     use_amp = cuda and cfg.precision != "fp32"
@@ -142,22 +213,28 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
         optimizer.load_state_dict(opt_state)
         scaler.load_state_dict(meta["scaler"])
         step = meta["step"]
+        if plateau is not None and "plateau" in meta:
+            plateau.load_state_dict(meta["plateau"])
         if main_proc:
             log.info("resumed from %s at step %d", ckpt_path, step)
     elif resume and main_proc:
         log.info("--resume: no checkpoint in %s yet, starting from scratch", out)
     encoder.to(device)
-    model = MaskedSpectrogramModel(encoder, cfg.objective)
     make_mask = MASKINGS[cfg.masking]
-    model = DDP(model, device_ids=[local] if cuda else None) if ddp else model
+    grid = (*encoder.cfg.grid, encoder.cfg.patch_order)  # (n_t, n_f, token order)
+    n_masks = masks_per_step(cfg.objective)
+    metric_names = objective_metrics(cfg.objective)
+    model = DDP(core, device_ids=[local] if cuda else None) if ddp else core
 
     if main_proc:
         log.info("%s: %s trainable parameters; %d files (%.2f h, %d unreadable skipped); "
-                 "%d steps of %d clips (%d x %d x %d accum), %d steps/epoch, lr %.2e, %s on %s",
+                 "%d steps of %d clips (%d x %d x %d accum), %d steps/epoch, lr %.2e (%d warm-up steps, %s), "
+                 "%s masking, %s, %s on %s",
                  cfg.preset, f"{encoder.num_trainable_parameters():,}", len(dataset), dataset.hours,
                  len(dataset.skipped), total, cfg.global_batch, world, cfg.micro_batch, accum,
-                 steps_per_epoch, cfg.lr, cfg.precision if use_amp else "fp32", device)
-    metrics = MetricsLog(out, step) if main_proc else None
+                 steps_per_epoch, cfg.lr, warmup, cfg.schedule, cfg.masking, cfg.objective,
+                 cfg.precision if use_amp else "fp32", device)
+    metrics = MetricsLog(out, step, metric_names) if main_proc else None
     bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not main_proc,
                dynamic_ncols=True)
     started, clips_since, t_last = time.time(), 0, time.time()
@@ -181,21 +258,25 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
     stream = batches_from(step)
     try:
         while step < total:
-            lr = lr_at(step, total, warmup, cfg.lr)
+            lr = lr_for(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
+            sums = torch.zeros(1 + len(metric_names), device=device)  # loss, then the objective's metrics
             for micro in range(accum):
                 epoch, spec = next(stream)
                 spec = spec.to(device, non_blocking=True)
                 g = torch.Generator().manual_seed(derive_seed("mask", cfg.seed, step, rank, micro))
-                mask = make_mask(spec.shape[0], encoder.cfg.num_patches, cfg.mask_ratio, g, device)
+                masks = [make_mask(spec.shape[0], encoder.cfg.num_patches, cfg.mask_ratio, g, device, grid=grid)
+                         for _ in range(n_masks)]  # one generator: the first mask is the same for any n_masks
+                mask = masks[0] if n_masks == 1 else torch.stack(masks)
                 sync = contextlib.nullcontext() if (not ddp or micro == accum - 1) else model.no_sync()
                 with sync:
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                         loss, pred = model(spec, mask)
                     scaler.scale(loss / accum).backward()
-                loss_sum += loss.detach() / accum
+                sums[0] += loss.detach().float() / accum
+                for i, name in enumerate(metric_names):
+                    sums[1 + i] += core.metrics[name].float() / accum
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(encoder.parameters(), float("inf"))
             scaler.step(optimizer)
@@ -204,11 +285,21 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
             step += 1
             clips_since += cfg.global_batch
             if ddp:
-                dist.all_reduce(loss_sum)  # gloo has no AVG
-                loss_sum /= world
-            loss_value = loss_sum.item()
+                dist.all_reduce(sums)  # gloo has no AVG
+                sums /= world
+            values = sums.tolist()
+            loss_value, named = values[0], dict(zip(metric_names, values[1:]))
             if not math.isfinite(loss_value) and not scaler.is_enabled():
                 raise FloatingPointError(f"loss became {loss_value} at step {step}")
+            if plateau is not None:
+                plateau.observe(named["acc"] if cfg.plateau_metric == "accuracy" else loss_value)
+                if step % cfg.plateau_every == 0:
+                    scale = plateau.scale
+                    mean = plateau.step()
+                    if main_proc and plateau.scale != scale:
+                        log.info("step %d: mean %s %s, no better than %.4f for %d checks: lr x %g (now %.2e)",
+                                 step, cfg.plateau_metric, "nan" if mean is None else f"{mean:.4f}",
+                                 plateau.best, cfg.plateau_patience + 1, cfg.plateau_factor, cfg.lr * plateau.scale)
             bar.update(1)
             if main_proc and (step % cfg.log_every == 0 or step == total):
                 now = time.time()
@@ -216,15 +307,18 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
                 clips_since, t_last = 0, now
                 metrics.write({"step": step, "epoch": epoch, "loss": f"{loss_value:.6f}", "lr": f"{lr:.6e}",
                                "grad_norm": f"{grad_norm.item():.4f}", "clips_per_s": f"{rate:.2f}",
-                               "elapsed_s": f"{now - started:.1f}"})
+                               "elapsed_s": f"{now - started:.1f}", **{k: f"{v:.6f}" for k, v in named.items()}})
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.1e}", clips_s=f"{rate:.1f}")
             if main_proc and cfg.plot_every and step % cfg.plot_every == 0:
                 from .plots import save_reconstruction
-                save_reconstruction(out / "plots" / f"step_{step:07d}.png", encoder, spec[0], mask[0],
+                shown = mask[-1] if mask.ndim == 3 else mask  # the mask of the pass that `pred` reconstructs
+                save_reconstruction(out / "plots" / f"step_{step:07d}.png", encoder, spec[0], shown[0],
                                     pred[0].detach(), step, loss_value)
             if main_proc and (step % cfg.ckpt_every == 0 or step == total):
-                save_training_checkpoint(ckpt_path, encoder, cfg.frontend, optimizer, scaler, step, cfg,
-                                         dict(extra, last_loss=loss_value))
+                state = dict(extra, last_loss=loss_value)
+                if plateau is not None:
+                    state["plateau"] = plateau.state_dict()
+                save_training_checkpoint(ckpt_path, encoder, cfg.frontend, optimizer, scaler, step, cfg, state)
     except KeyboardInterrupt:
         if main_proc:
             log.warning("interrupted at step %d; the last checkpoint is %s (rerun with --resume)",

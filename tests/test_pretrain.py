@@ -153,6 +153,26 @@ def test_cached_and_uncached_crops_agree(tmp_path):
     assert not torch.equal(plain[(0, 0, long)], plain[(0, 1, long)])  # the crop start moves
 
 
+def test_kaldi_fbank_crops_are_whole_and_agree(tmp_path):
+    """SSAMBA's frontend has no centre padding (fewer frames per clip): crops of 1024 frames
+    are still whole at the end of a file, and the cache agrees with the audio path."""
+    from hear_ssam.frontend import SSAMBA_FBANK
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for rate, seconds in ((44100, 10.3), (16000, 12.0)):
+        sf.write(folder / f"x{rate}.wav", (0.2 * rng.standard_normal(int(rate * seconds))).astype(np.float32), rate)
+    files = list_audio(folder)
+    plain = CropDataset(files, crop_frames=1024, frontend_cfg=SSAMBA_FBANK)
+    cached = CropDataset(files, crop_frames=1024, frontend_cfg=SSAMBA_FBANK, cache_dir=tmp_path / "c")
+    cached.fill_cache()
+    for i in range(2):
+        for position in range(4):
+            a, b = plain[(0, position, i)], cached[(0, position, i)]
+            assert a.shape == b.shape == (1, 1024, 128)
+            torch.testing.assert_close(a, b, rtol=0, atol=0.02)
+
+
 def test_every_file_failing_is_a_clear_error(tmp_path):
     folder = make_audio(tmp_path / "audio", n=3)
     ds = CropDataset(list_audio(folder))

@@ -70,8 +70,7 @@ def test_released_layout_loads_strictly_and_sets_aside_pretraining_extras(releas
     assert model.config["family"] == "ssamba" and cfg.block == "bimamba" and cfg.traversal == "flipped_pairs"
     assert (cfg.embed_dim, cfg.depth, cfg.crop_frames, cfg.patch_order, cfg.positions) == (64, 4, 1024, "freq-major", "learned")
     assert model.config["provenance"]["set_aside_keys"] == [
-        "cpredlayer.0.bias", "cpredlayer.0.weight", "cpredlayer.2.bias", "cpredlayer.2.weight",
-        "p_input_fdim", "p_input_tdim", "v.head.bias", "v.head.weight"]
+        "p_input_fdim", "p_input_tdim", "v.head.bias", "v.head.weight"]  # cpredlayer -> cpred
     sd = model.encoder.state_dict()
     assert torch.equal(sd["blocks.3.mixer.A_b_log"], state["v.layers.3.mixer.A_b_log"])
     assert torch.equal(sd["pred.2.weight"], state["gpredlayer.2.weight"]) and torch.equal(sd["mask_token"], state["mask_embed"])
@@ -79,7 +78,7 @@ def test_released_layout_loads_strictly_and_sets_aside_pretraining_extras(releas
     out = tmp_path / "ssamba.safetensors"
     assert cli(["convert", str(path), str(out)]) == 0
     assert cli(["info", str(out)]) == 0
-    assert "cpredlayer.0.weight" in capsys.readouterr().out  # info lists what was set aside
+    assert "v.head.weight" in capsys.readouterr().out  # info lists what was set aside
     again = hear_ssam.load_model(str(out))
     assert again.frontend.cfg == hear_ssam.frontend.SSAMBA_FBANK
     for k, v in model.encoder.state_dict().items():
