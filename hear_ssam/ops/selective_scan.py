@@ -7,7 +7,9 @@ against `selective_scan_ref` (tests/test_scan_backends.py). The choice, first ma
 
 1. the `backend=` argument;
 2. the environment variable HEAR_SSAM_SCAN (for tests and benchmarks; e.g. `reference`);
-3. automatic, by the device of `u`: the first available of AUTO_ORDER[device type].
+3. automatic, by the device of `u`: the first available of AUTO_ORDER[device type]
+   (CPU: the compiled C++ scan, built on first use, else the chunked PyTorch scan with one
+   warning; CUDA: mamba_ssm's kernels, else our Triton kernels, else chunked).
 
 A backend named explicitly but unavailable raises, naming why; the automatic choice skips
 it. `SCAN_BACKENDS` is a plain dict (name -> loader returning the function, or raising
@@ -34,6 +36,12 @@ def _mamba_ssm_cuda():
     return selective_scan_fn
 
 
+def _compiled():
+    """Our C++ CPU kernels (ops/selective_scan_cpu.py), built on first use; falls back with one warning."""
+    from .selective_scan_cpu import load_compiled
+    return load_compiled()
+
+
 def _triton():
     """Our Triton kernels (ops/selective_scan_triton.py): CUDA without any CUDA build."""
     from .selective_scan_triton import load_triton
@@ -43,13 +51,14 @@ def _triton():
 SCAN_BACKENDS = {
     "cuda": _mamba_ssm_cuda,            # mamba_ssm's fused kernel (CUDA tensors only)
     "triton": _triton,                  # Triton forward + backward (CUDA tensors only)
+    "compiled": _compiled,              # C++ / OpenMP / SIMD forward + backward (CPU tensors only)
     "chunked": lambda: selective_scan_chunked,   # pure PyTorch, bounded memory, any device
     "reference": lambda: selective_scan_ref,     # plain loop, the ground truth of the tests
 }
 # Which backends serve which device type, fastest first. A CUDA-only backend is never
 # picked for CPU tensors and vice versa.
-AUTO_ORDER = {"cuda": ("cuda", "triton", "chunked"), "cpu": ("chunked",)}
-DEVICE_ONLY = {"cuda": "cuda", "triton": "cuda"}
+AUTO_ORDER = {"cuda": ("cuda", "triton", "chunked"), "cpu": ("compiled", "chunked")}
+DEVICE_ONLY = {"cuda": "cuda", "triton": "cuda", "compiled": "cpu"}
 
 
 @functools.lru_cache(maxsize=None)
