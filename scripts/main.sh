@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job, offline on the embedded default (about 20 minutes on 2 CPU cores):
+# The main job, offline on the embedded default (about 30 minutes on 2 CPU cores):
 #   1. build the mini suite (4 HEAR bundles of real audio from Debian packages)
 #   2. validate the bundled default model with hear-validator
-#   3. heareval embeddings + probes for the bundled ssam-tiny and its baselines
+#   3. heareval embeddings + probes for the bundled ssam-tiny and its comparison models
+#      (ssast-tiny and axlstm-tiny pretrained with the same data and budget, and all three
+#      at random init)
 #   4. leaderboard CSVs + chart in results/mini/
 # Everything is resumable: finished tasks, embeddings and probes are skipped on rerun.
 set -euo pipefail
@@ -29,16 +31,19 @@ echo "== 2/4 hear-validator hear_ssam (bundled default model)"
 .venv/bin/hear-validator hear_ssam > "$OUT/validator.log" 2>&1 || { tail -20 "$OUT/validator.log"; exit 1; }
 grep "Looks good!" "$OUT/validator.log"
 
-echo "== 3/4 embeddings + probes (heareval) for 4 models x 4 tasks x 3 seeds"
-for preset in ssam-tiny ssast-tiny; do
+echo "== 3/4 embeddings + probes (heareval) for 6 models x 4 tasks x 3 seeds"
+for preset in ssam-tiny ssast-tiny axlstm-tiny; do
   ckpt="data/ckpt/${preset}-random.safetensors"
   [ -f "$ckpt" ] || $PY -m hear_ssam init "$preset" "$ckpt" --seed 0
 done
 models=(--model ssam-tiny=default)
-ssast=results/checkpoints/ssast_tiny_cpu.safetensors  # pretrained with the same data and budget
-[ -f "$ssast" ] && models+=(--model "ssast-tiny=$ssast")
-models+=(--model ssam-tiny-random=data/ckpt/ssam-tiny-random.safetensors
-         --model ssast-tiny-random=data/ckpt/ssast-tiny-random.safetensors)
+for preset in ssast-tiny axlstm-tiny; do  # pretrained with the same data and budget
+  ckpt="results/checkpoints/${preset//-/_}_cpu.safetensors"
+  [ -f "$ckpt" ] && models+=(--model "$preset=$ckpt")
+done
+for preset in ssam-tiny ssast-tiny axlstm-tiny; do
+  models+=(--model "$preset-random=data/ckpt/$preset-random.safetensors")
+done
 $PY -m eval_suites run mini --tasks-dir data/tasks --out "$OUT" "${models[@]}"
 
 echo "== 4/4 leaderboard"
