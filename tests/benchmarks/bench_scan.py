@@ -44,6 +44,14 @@ def _rss_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 def _scan_fn(method):
     if method == "ref":
         import mamba_reference
@@ -88,11 +96,12 @@ def child(method, mode, B, L, d_model, repeats, budget_s):
     warm = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     n = max(1, min(repeats, int(budget_s / max(warm, 1e-9))))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n):
         once()
     ms = (time.perf_counter() - t0) / n * 1000
-    print(json.dumps({"ms": ms, "peak_mb": peak, "calls": n, "threads": torch.get_num_threads()}))
+    cpu_ms = (time.process_time() - c0) / n * 1000
+    print(json.dumps({"ms": ms, "cpu_ms": cpu_ms, "peak_mb": peak, "calls": n, "threads": torch.get_num_threads()}))
 
 
 def throughput(seconds=10.0, n=4, repeats=2):
@@ -102,8 +111,8 @@ def throughput(seconds=10.0, n=4, repeats=2):
     torch.manual_seed(0)
     audio = torch.rand(n, int(seconds * 16000)) * 2 - 1
     rows = []
-    for preset in ("ssam-tiny", "ssast-tiny"):
-        model = hear_ssam.HearSSAM(hear_ssam.SSAMEncoder(hear_ssam.PRESETS[preset]).eval())
+    for preset in ("ssam-tiny", "ssast-tiny", "axlstm-tiny"):
+        model = hear_ssam.HearSSAM(hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS[preset]).eval())
         hear_ssam.get_scene_embeddings(audio[:1], model)  # warm-up (and the compiled scan's build)
         t0 = time.perf_counter()
         for _ in range(repeats):
@@ -117,9 +126,10 @@ def print_throughput():
     backend, rows = throughput()
     scan_env = os.environ.get("HEAR_SSAM_SCAN") or "automatic"
     print(f"\nHEAR embedding throughput, 4 x 10 s clips (audio seconds per wall second); "
-          f"HEAR_SSAM_SCAN={scan_env} -> scan backend {backend!r} (ssast-tiny has no scan)")
+          f"HEAR_SSAM_SCAN={scan_env} -> scan backend {backend!r} (only ssam-tiny scans)")
+    base = dict(rows)["ssast-tiny"]
     for preset, rate in rows:
-        print(f"  {preset:<12}{rate:>8.1f}")
+        print(f"  {preset:<12}{rate:>8.1f}   {rate / base:5.2f}x ssast-tiny")
 
 
 def main():
@@ -159,7 +169,9 @@ def bench_scans(a):
     E = 3 * a.d_model
     print(f"selective scan, B={a.batch} L={a.tokens} E={E} (d_model {a.d_model}, expand 3) N=24, D+z+bias+softplus, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}{isa}")
-    print(f"{'mode':<10}{'method':<30}{'ms':>10}{'calls':>6}{'peak MB':>10}{'speed-up':>10}{'mem/chunked':>12}")
+    print(f"load average before: {_loadavg()} (other processes on these cores inflate wall times)")
+    print(f"{'mode':<10}{'method':<30}{'wall ms':>10}{'cpu ms':>10}{'calls':>6}{'peak MB':>10}{'speed-up':>10}"
+          f"{'mem/chunked':>12}")
     for mode in ("inference", "train"):
         res = {}
         for method in methods:
@@ -182,11 +194,14 @@ def bench_scans(a):
         for method, r in res.items():
             name = METHODS[method]
             if r is None:
-                print(f"{mode:<10}{name:<30}{'skipped: one call > %.0f s' % a.slow_limit:>38}")
+                print(f"{mode:<10}{name:<30}{'skipped: one call > %.0f s' % a.slow_limit:>48}")
                 continue
             speed = f"{ref['ms'] / r['ms']:>9.1f}x" if ref else f"{'-':>10}"
             mem = f"{r['peak_mb'] / max(chunked['peak_mb'], 1e-9):>11.2f}x" if chunked else f"{'-':>12}"
-            print(f"{mode:<10}{name:<30}{r['ms']:>10.1f}{r['calls']:>6}{r['peak_mb']:>10.1f}{speed}{mem}")
+            print(f"{mode:<10}{name:<30}{r['ms']:>10.1f}{r['cpu_ms']:>10.1f}{r['calls']:>6}{r['peak_mb']:>10.1f}"
+                  f"{speed}{mem}")
+    print(f"load average after: {_loadavg()}; speed-up = wall time of selective_scan_ref / wall time, "
+          "mem/chunked = peak extra MB / chunked's")
 
 
 if __name__ == "__main__":
