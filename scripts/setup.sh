@@ -15,7 +15,7 @@ pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@"; }
 echo "setup: installing into .venv (first run downloads torch 2.11.0 + tensorflow-cpu, ~3 GB)"
 pip install --upgrade "pip>=24" wheel "setuptools<81"
 pip install -c constraints.txt torch==2.11.0 torchaudio==2.11.0
-pip install -c constraints.txt -e ".[eval,pretrain,dev]"
+pip install -c constraints.txt -e ".[eval,pretrain,dev,fast]"
 # heareval/hearvalidator pin numpy==1.19.2 and old Pythons; their real needs are in [eval].
 pip install --no-deps heareval==2021.1.3
 pip install --no-deps --ignore-requires-python hearvalidator==2021.0.6

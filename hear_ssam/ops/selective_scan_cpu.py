@@ -95,6 +95,12 @@ def _compiler_problem() -> str | None:
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx.split()[0] if cxx.split() else cxx) is None:
         return f"no C++ compiler ({cxx!r} not found; install g++ or set CXX)"
+    if shutil.which("ninja") is None:
+        try:  # PyPI's ninja ships the binary; torch's builder looks for it on PATH only
+            import ninja
+        except ImportError:
+            return "no ninja build tool (pip install ninja, or hear_ssam[fast])"
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     return None
 
 
