@@ -117,34 +117,8 @@ def test_dispatch_errors_name_the_problem(monkeypatch):
         resolve_backend("cpu", "triton")  # no GPU here, or CPU tensors given to a CUDA kernel
 
 
-def test_mamba_module_matches_the_reference_maths():
-    """Our mixer = REFERENCE §2 restated with the in-package reference scan (forward + grads)."""
-    torch.manual_seed(0)
-    ours = Mamba(32, d_state=24, d_conv=4, expand=3)
-    restated = ReferenceMamba(32, d_state=24, d_conv=4, expand=3)
-    restated.load_state_dict(ours.state_dict(), strict=True)
-    x = torch.randn(3, 45, 32)
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = restated(xa), ours(xb)
-    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
-    g = torch.randn_like(ya)
-    (ya * g).sum().backward()
-    (yb * g).sum().backward()
-    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-5)
-    params_a, params_b = dict(restated.named_parameters()), dict(ours.named_parameters())
-    for name, p in params_a.items():
-        scale = p.grad.abs().max().clamp(min=1e-12)
-        torch.testing.assert_close(params_b[name].grad / scale, p.grad / scale, rtol=0, atol=5e-5,
-                                   msg=lambda m: f"gradient of {name}: {m}")
-
-
-def test_mamba_module_matches_mamba_simple_both_ways(mamba_ref):
-    torch.manual_seed(0)
-    theirs = mamba_ref.Mamba(d_model=32, d_state=24, d_conv=4, expand=3)
-    ours = Mamba(32, d_state=24, d_conv=4, expand=3)
-    # Same names and shapes, so state dicts load strictly in both directions.
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    theirs.load_state_dict(ours.state_dict(), strict=True)
+def assert_mixer_matches(ours, theirs):
+    """Forward, input gradient and every parameter gradient of two mixers with the same weights."""
     x = torch.randn(3, 45, 32)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = theirs(xa), ours(xb)
@@ -158,6 +132,25 @@ def test_mamba_module_matches_mamba_simple_both_ways(mamba_ref):
         scale = p.grad.abs().max().clamp(min=1e-12)
         torch.testing.assert_close(params_b[name].grad / scale, p.grad / scale, rtol=0, atol=5e-5,
                                    msg=lambda m: f"gradient of {name}: {m}")
+
+
+def test_mamba_module_matches_the_reference_maths():
+    """Our mixer = REFERENCE §2 restated with a per-step loop in the tests (forward + grads)."""
+    torch.manual_seed(0)
+    ours = Mamba(32, d_state=24, d_conv=4, expand=3)
+    restated = ReferenceMamba(32, d_state=24, d_conv=4, expand=3)
+    restated.load_state_dict(ours.state_dict(), strict=True)
+    assert_mixer_matches(ours, restated)
+
+
+def test_mamba_module_matches_mamba_simple_both_ways(mamba_ref):
+    torch.manual_seed(0)
+    theirs = mamba_ref.Mamba(d_model=32, d_state=24, d_conv=4, expand=3)
+    ours = Mamba(32, d_state=24, d_conv=4, expand=3)
+    # Same names and shapes, so state dicts load strictly in both directions.
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    assert_mixer_matches(ours, theirs)
 
 
 def test_mamba_init_follows_mamba_ssm():
