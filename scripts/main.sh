@@ -3,8 +3,8 @@
 #   1. build the mini suite (4 HEAR bundles of real audio from Debian packages)
 #   2. validate the bundled default model with hear-validator
 #   3. heareval embeddings + probes for the bundled ssam-tiny and its comparison models
-#      (ssast-tiny and axlstm-tiny pretrained with the same data and budget, and all three
-#      at random init)
+#      (ssast-tiny and axlstm-tiny pretrained with the same data and budget; those three and
+#      ssamba-tiny at random init)
 #   4. leaderboard CSVs + chart in results/mini/
 # Everything is resumable: finished tasks, embeddings and probes are skipped on rerun.
 set -euo pipefail
@@ -31,8 +31,8 @@ echo "== 2/4 hear-validator hear_ssam (bundled default model)"
 .venv/bin/hear-validator hear_ssam > "$OUT/validator.log" 2>&1 || { tail -20 "$OUT/validator.log"; exit 1; }
 grep "Looks good!" "$OUT/validator.log"
 
-echo "== 3/4 embeddings + probes (heareval) for 6 models x 4 tasks x 3 seeds"
-for preset in ssam-tiny ssast-tiny axlstm-tiny; do
+echo "== 3/4 embeddings + probes (heareval) for 7 models x 4 tasks x 3 seeds"
+for preset in ssam-tiny ssast-tiny axlstm-tiny ssamba-tiny; do
   ckpt="data/ckpt/${preset}-random.safetensors"
   [ -f "$ckpt" ] || $PY -m hear_ssam init "$preset" "$ckpt" --seed 0
 done
@@ -41,7 +41,7 @@ for preset in ssast-tiny axlstm-tiny; do  # pretrained with the same data and bu
   ckpt="results/checkpoints/${preset//-/_}_cpu.safetensors"
   [ -f "$ckpt" ] && models+=(--model "$preset=$ckpt")
 done
-for preset in ssam-tiny ssast-tiny axlstm-tiny; do
+for preset in ssam-tiny ssast-tiny axlstm-tiny ssamba-tiny; do
   models+=(--model "$preset-random=data/ckpt/$preset-random.safetensors")
 done
 $PY -m eval_suites run mini --tasks-dir data/tasks --out "$OUT" "${models[@]}"

@@ -44,12 +44,20 @@ def _rss_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _loadavg():
+def _busy_s():
+    """CPU seconds all processes have spent since boot (Linux), or None."""
     try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
+def _own_s():
+    """CPU seconds of this process and its finished children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _scan_fn(method):
@@ -169,7 +177,7 @@ def bench_scans(a):
     E = 3 * a.d_model
     print(f"selective scan, B={a.batch} L={a.tokens} E={E} (d_model {a.d_model}, expand 3) N=24, D+z+bias+softplus, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}{isa}")
-    print(f"load average before: {_loadavg()} (other processes on these cores inflate wall times)")
+    busy0, own0, wall0 = _busy_s(), _own_s(), time.perf_counter()
     print(f"{'mode':<10}{'method':<30}{'wall ms':>10}{'cpu ms':>10}{'calls':>6}{'peak MB':>10}{'speed-up':>10}"
           f"{'mem/chunked':>12}")
     for mode in ("inference", "train"):
@@ -200,8 +208,13 @@ def bench_scans(a):
             mem = f"{r['peak_mb'] / max(chunked['peak_mb'], 1e-9):>11.2f}x" if chunked else f"{'-':>12}"
             print(f"{mode:<10}{name:<30}{r['ms']:>10.1f}{r['cpu_ms']:>10.1f}{r['calls']:>6}{r['peak_mb']:>10.1f}"
                   f"{speed}{mem}")
-    print(f"load average after: {_loadavg()}; speed-up = wall time of selective_scan_ref / wall time, "
-          "mem/chunked = peak extra MB / chunked's")
+    print("speed-up = wall time of selective_scan_ref / wall time; mem/chunked = peak extra MB / chunked's")
+    busy1 = _busy_s()
+    if busy0 is not None and busy1 is not None:
+        others = max(0.0, (busy1 - busy0) - (_own_s() - own0))
+        wall = time.perf_counter() - wall0
+        print(f"other processes used {others / wall:.2f} of {os.cpu_count()} cores on average during these "
+              f"{wall:.0f} s (anything above ~0.05 inflates the wall times above)")
 
 
 if __name__ == "__main__":
