@@ -16,7 +16,8 @@ Layout follows mamba_ssm: u, delta, z are [B, E, L]; A is [E, N]; B, C are [B, N
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .selective_scan_ref import finish_scan_output, prepare_scan_inputs
 
 CHUNK_ELEMENTS = 2 ** 21  # ~8 MB per [K, B, E, N] buffer: stays in L2/L3 on CPUs
 
@@ -108,15 +109,6 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
                            chunk_len=None):
     """Drop-in for mamba_ssm's `selective_scan_fn` (same arguments, fp32 maths)."""
     dtype_in = u.dtype
-    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[..., None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u, delta, A, B, C = prepare_scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
     chunk_len = chunk_len or auto_chunk_len(u.shape[0], u.shape[1], A.shape[1])
-    y = SelectiveScan.apply(u, delta, A, B, C, chunk_len)
-    if D is not None:
-        y = y + u * D.float()[..., None]
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(dtype_in)
+    return finish_scan_output(SelectiveScan.apply(u, delta, A, B, C, chunk_len), u, D, z, dtype_in)
