@@ -9,6 +9,7 @@ Layout: `frontend` (features), `ops` (numerics: the selective scan and its backe
 (families as data), `checkpoint` (I/O), `runtime` + `api` (HEAR).
 """
 from .api import get_scene_embeddings, get_timestamp_embeddings, load_model
+from .baseline import LogMelBaseline
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .encoder import EncoderConfig, SpectrogramEncoder, SSAMEncoder
 from .frontend import FrontendConfig, LogMelFrontend
@@ -16,6 +17,6 @@ from .presets import FAMILIES, PRESETS
 from .runtime import HearSSAM
 
 __version__ = "0.2.0"
-__all__ = ["load_model", "get_scene_embeddings", "get_timestamp_embeddings", "HearSSAM",
+__all__ = ["load_model", "get_scene_embeddings", "get_timestamp_embeddings", "HearSSAM", "LogMelBaseline",
            "SpectrogramEncoder", "SSAMEncoder", "EncoderConfig", "FrontendConfig", "FAMILIES", "PRESETS",
            "LogMelFrontend", "load_checkpoint", "save_checkpoint", "CheckpointError"]

@@ -2,6 +2,7 @@
 
     python -m hear_ssam convert checkpoint-99.pth ssam_tiny.safetensors [--token-order official]
     python -m hear_ssam init ssam-tiny random_tiny.safetensors [--seed 0]
+    python -m hear_ssam init logmel logmel.safetensors      # the log-mel baseline, as a file
     python -m hear_ssam info ssam_tiny.safetensors
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, baseline_config, load_checkpoint, save_baseline, save_checkpoint
 from .encoder import SpectrogramEncoder
 from .frontend import FrontendConfig
 from .presets import PRESETS, family_of_preset
@@ -29,7 +30,8 @@ def main(argv=None) -> int:
     c.add_argument("--token-order", choices=TOKEN_ORDERS, default="time-major",
                    help="frame layout the HEAR API uses for this checkpoint")
     i = sub.add_parser("init", help="a randomly initialised checkpoint of a preset")
-    i.add_argument("preset", choices=sorted(PRESETS))
+    i.add_argument("preset", choices=sorted(PRESETS) + ["logmel"], help="a preset, or logmel: the "
+                   "log-mel baseline as a weightless file (what heareval's --model needs)")
     i.add_argument("dst")
     i.add_argument("--seed", type=int, default=0)
     n = sub.add_parser("info", help="print a checkpoint's config and parameter count")
@@ -44,6 +46,9 @@ def main(argv=None) -> int:
                             frontend=FrontendConfig.from_dict(config["frontend"]))
             print(f"wrote {args.dst}: {config['family'] or encoder.cfg.block} width {encoder.cfg.embed_dim}, "
                   f"{encoder.num_trainable_parameters():,} parameters, token order {args.token_order}")
+        elif args.cmd == "init" and args.preset == "logmel":
+            save_baseline(args.dst, "logmel", FrontendConfig())
+            print(f"wrote {args.dst}: the log-mel baseline (no weights)")
         elif args.cmd == "init":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(args.seed)
@@ -52,6 +57,8 @@ def main(argv=None) -> int:
                 "weights": f"random init, seed {args.seed}", "preset": args.preset},
                 frontend=family_of_preset(args.preset).frontend)
             print(f"wrote {args.dst}: random-init {args.preset} (seed {args.seed})")
+        elif baseline_config(args.path) is not None:
+            print(json.dumps(baseline_config(args.path), indent=2))
         else:
             encoder, config = load_checkpoint(args.path)
             config["trainable_parameters"] = encoder.num_trainable_parameters()

@@ -7,7 +7,8 @@ from typing import Tuple
 
 import torch
 
-from .checkpoint import load_checkpoint, make_config
+from .baseline import BASELINES, LogMelBaseline
+from .checkpoint import baseline_config, load_checkpoint, make_config
 from .encoder import SpectrogramEncoder
 from .frontend import FrontendConfig
 from .presets import FAMILIES, PRESETS
@@ -19,8 +20,10 @@ RANDOM_INIT_SEED = 0
 
 def load_model(model_file_path: str = "", token_order: str | None = None,
                chunk_batch_size: int | None = None, window_seconds: float | None = None,
-               precision: str = "fp32") -> HearSSAM:
-    """A HEAR model in eval mode, from our .safetensors, an official .pth, or the default.
+               precision: str = "fp32") -> HearSSAM | LogMelBaseline:
+    """A HEAR model in eval mode, from our .safetensors, an official .pth, or the default;
+    "logmel" (or a file from `python -m hear_ssam init logmel FILE`) gives the log-mel
+    baseline (no weights; the options do not apply to it).
 
     token_order: None keeps the checkpoint's own ("time-major" unless it says otherwise);
     "official" reproduces the released HEAR runtime's frame layout exactly (2 s windows only).
@@ -32,6 +35,11 @@ def load_model(model_file_path: str = "", token_order: str | None = None,
     runtime embeds under fp16 autocast on GPU; outputs stay float32).
     Through heareval: --model-options '{"window_seconds": 10, "precision": "fp16"}'.
     """
+    if model_file_path in BASELINES:
+        return LogMelBaseline().eval()
+    baseline = baseline_config(model_file_path) if model_file_path else None
+    if baseline is not None:  # a file written by `python -m hear_ssam init logmel FILE`
+        return LogMelBaseline(FrontendConfig.from_dict(baseline["frontend"])).eval()
     if model_file_path:
         encoder, config = load_checkpoint(model_file_path)
     elif DEFAULT_CHECKPOINT.exists():
@@ -76,7 +84,7 @@ def window_frames_of(window_seconds, frontend: FrontendConfig, patch_time: int) 
 
 def _check(audio, model) -> None:
     """Reject bad input with a message that names the problem (before torch does, obscurely)."""
-    if not isinstance(model, HearSSAM):
+    if not isinstance(model, (HearSSAM, LogMelBaseline)):
         raise TypeError(f"model must come from hear_ssam.load_model(), got {type(model).__name__}")
     if not isinstance(audio, torch.Tensor):
         raise TypeError(f"audio must be a torch.Tensor [n_sounds, n_samples], got "
@@ -113,7 +121,8 @@ def _check(audio, model) -> None:
         raise ValueError(f"audio contains NaN or Inf values in clip(s) {idx[:10]}")
 
 
-def get_timestamp_embeddings(audio: torch.Tensor, model: HearSSAM) -> Tuple[torch.Tensor, torch.Tensor]:
+def get_timestamp_embeddings(audio: torch.Tensor, model: HearSSAM | LogMelBaseline
+                             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(float32 [n, frames, 5*D], centred timestamps [n, frames] in ms, 40 ms hop)."""
     _check(audio, model)
     with torch.no_grad():
@@ -121,9 +130,9 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearSSAM) -> Tuple[torc
     return frames.float(), stamps
 
 
-def get_scene_embeddings(audio: torch.Tensor, model: HearSSAM) -> torch.Tensor:
+def get_scene_embeddings(audio: torch.Tensor, model: HearSSAM | LogMelBaseline) -> torch.Tensor:
     """float32 [n, scene_embedding_size]: the mean of the clip's frame embeddings (SSAMBA:
-    of its non-CLS tokens)."""
+    of its non-CLS tokens; the log-mel baseline: mean and std of its log-mel frames)."""
     _check(audio, model)
     with torch.no_grad():
         return model.scene_embeddings(audio).float()

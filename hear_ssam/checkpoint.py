@@ -226,6 +226,34 @@ def build_encoder(cfg: EncoderConfig, state: dict, path) -> SpectrogramEncoder:
     return encoder.eval()
 
 
+BASELINE_FAMILY = "baseline"  # a weightless file: the config of a feature baseline (log-mel)
+
+
+def save_baseline(path, preset: str, frontend: FrontendConfig) -> dict:
+    """A baseline as a file (no tensors, only the config), so that tools which insist on an
+    existing model path (heareval's --model) can load it; written atomically."""
+    path = Path(path)
+    config = {"format": FORMAT, "preset": preset, "family": BASELINE_FAMILY, "frontend": frontend.to_dict(),
+              "provenance": {"weights": "none: a feature baseline"}}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({}, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
+    os.replace(tmp, path)
+    return config
+
+
+def baseline_config(path) -> dict | None:
+    """The config of a baseline file written by `save_baseline`; None for anything else."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            config = json.loads((f.metadata() or {}).get(METADATA_KEY, "{}"))
+    except Exception:  # not ours or unreadable: load_checkpoint names the problem
+        return None
+    return config if config.get("family") == BASELINE_FAMILY else None
+
+
 def load_checkpoint(path) -> tuple[SpectrogramEncoder, dict]:
     """(encoder, format-2 config) from one of our .safetensors files or an official .pth."""
     path = Path(path)
@@ -236,6 +264,9 @@ def load_checkpoint(path) -> tuple[SpectrogramEncoder, dict]:
     with open(path, "rb") as f:
         head = f.read(8)
     if path.suffix == ".safetensors":
+        if baseline_config(path) is not None:
+            raise CheckpointError(f"{path}: is a feature baseline (no encoder); load it with "
+                                  "hear_ssam.load_model(path)")
         state, stored = read_safetensors(path)
         cfg, _, config = parse_config(stored, path)
         return build_encoder(cfg, state, path), config

@@ -166,8 +166,15 @@ class HearSSAM(nn.Module):
 
     def n_frames(self, n_samples: int) -> int:
         """Frames whose centre lies inside the clip (so the last is within one hop of the end)."""
-        duration_ms = 1000.0 * n_samples / self.sample_rate
-        n_feat = self.frontend.n_frames(n_samples)
-        available = math.ceil(n_feat / self.frames_per_output)
-        inside = math.floor((duration_ms - self.frame_offset_ms) / self.frame_hop_ms) + 1
-        return max(1, min(available, inside))
+        return centred_frame_count(n_samples, self.sample_rate, self.frontend.n_frames(n_samples),
+                                   self.frames_per_output, self.frame_offset_ms, self.frame_hop_ms)
+
+
+def centred_frame_count(n_samples: int, sample_rate: int, n_feature_frames: int, frames_per_output: int,
+                        offset_ms: float, hop_ms: float) -> int:
+    """Output frames of a clip: those whose centre (offset_ms + i * hop_ms) lies inside it and
+    that have feature frames under them; at least one (HEAR wants a frame for any clip)."""
+    duration_ms = 1000.0 * n_samples / sample_rate
+    available = math.ceil(n_feature_frames / frames_per_output)
+    inside = math.floor((duration_ms - offset_ms) / hop_ms) + 1
+    return max(1, min(available, inside))
