@@ -1,17 +1,26 @@
-"""python -m eval_suites {list, build mini, run SUITE}
+"""python -m eval_suites {list, build mini, run [SUITE]}
 
     python -m eval_suites list
     python -m eval_suites build mini --tasks-dir tasks/
     python -m eval_suites run mini --model default --model runs/x/model.safetensors --tasks-dir tasks/ --out runs/eval
+    python -m eval_suites run hear2021 --model logmel --model ssam=ssam.safetensors --tasks-dir ~/hear/tasks --out runs/hear
+    python -m eval_suites run --model logmel --model default --tasks-dir any_bundles/ --out runs/any
+
+`run` without a SUITE evaluates every bundle in --tasks-dir with heareval's own protocol
+(its PARAM_GRID, 8 grid points, seed 42); --protocol, --grid-json and --seeds replace the
+protocol of either kind of run. Broken bundles are reported by name and skipped; the exit
+status is 1 if a bundle was broken or a step failed (a suite bundle absent from --tasks-dir
+is reported, not a failure), 2 for bad arguments.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
-from .suites import SUITES
+from .suites import HEAR2021_COLUMNS, PROTOCOLS, SUITES
 
 
 def main(argv=None):
@@ -24,33 +33,47 @@ def main(argv=None):
     b.add_argument("--tasks-dir", type=Path, required=True)
     b.add_argument("--work", type=Path, default=Path("data/mini_build"), help="package download cache")
     r = sub.add_parser("run", help="embeddings + probes for models x tasks x seeds")
-    r.add_argument("suite", choices=sorted(SUITES))
-    r.add_argument("--model", action="append", required=True, help="CKPT, NAME=CKPT or 'default'")
+    r.add_argument("suite", nargs="?", choices=sorted(SUITES),
+                   help="a suite (default: every bundle in --tasks-dir, heareval's protocol)")
+    r.add_argument("--model", action="append", required=True,
+                   help="CKPT, NAME=CKPT, 'default' (bundled model) or 'logmel' (log-mel baseline)")
     r.add_argument("--tasks-dir", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
-    r.add_argument("--seeds", type=int, nargs="+", help="default: the suite's")
+    r.add_argument("--seeds", type=int, nargs="+", help="default: the suite's (or the protocol's)")
     r.add_argument("--task", action="append", help="only these bundles")
-    r.add_argument("--jobs", type=int, help="probe trainings in parallel (default: cores, max 4)")
+    r.add_argument("--protocol", choices=sorted(PROTOCOLS),
+                   help="probe grid and seeds of this suite, or 'heareval' (its PARAM_GRID, 8 points, seed 42)")
+    r.add_argument("--grid-json", help="probe grid in heareval's PARAM_GRID format, names as strings "
+                                       "(every point is trained)")
+    r.add_argument("--jobs", type=int, help="probe processes in parallel (default: cores, max 4)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         if a.cmd == "list":
             for s in SUITES.values():
-                print(f"{s.name}: {s.description} seeds={list(s.seeds)}")
+                print(f"{s.name}: {s.description}\n  probes: {s.protocol_text()}")
                 for t in s.tasks:
-                    print(f"  {t.bundle:<36} {t.label:<22} {t.metric:<10} {t.split}")
+                    print(f"  {t.bundle:<36} {t.label:<22} {t.metric:<22} {t.split}")
+            print(f"protocols (run --protocol): {', '.join(sorted(PROTOCOLS))}")
+            print(f"HEAR 2021 leaderboard columns: {', '.join(HEAR2021_COLUMNS)}")
         elif a.cmd == "build":
-            from .mini import build
+            from .build import build
             build(a.tasks_dir, a.work)
         else:
-            from .runner import ModelSpec, run
+            from .runner import FAILED_STATES, ModelSpec, run
             models = [ModelSpec.parse(m) for m in a.model]
             names = [m.name for m in models]
             if len(set(names)) != len(names):
                 raise ValueError(f"model names must differ, got {names}; use NAME=CKPT")
-            status = run(SUITES[a.suite], models, a.tasks_dir, a.out, a.seeds, a.task, a.jobs)
-            failed = [k for k, (state, _) in status.items() if state == "failed"]
-            return 1 if failed else 0
+            try:
+                grid = json.loads(a.grid_json) if a.grid_json else None
+            except ValueError as e:
+                raise ValueError(f"--grid-json is not valid JSON: {e}") from None
+            if grid is not None and not isinstance(grid, dict):
+                raise ValueError("--grid-json must be a JSON object {param: [values]}")
+            status = run(SUITES[a.suite] if a.suite else None, models, a.tasks_dir, a.out, a.seeds, a.task,
+                         a.jobs, protocol=PROTOCOLS[a.protocol] if a.protocol else None, grid=grid)
+            return 1 if any(state in FAILED_STATES for state, _ in status.values()) else 0
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

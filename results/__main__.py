@@ -1,4 +1,8 @@
-"""python -m results aggregate RUNS --out DIR"""
+"""python -m results aggregate RUNS --out DIR
+
+Writes leaderboard.csv (HEAR format), leaderboard.md, scores.csv, overall.csv and
+leaderboard.png into DIR and prints the Markdown leaderboard.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +14,10 @@ from .aggregate import aggregate
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m results", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m results", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("aggregate", help="heareval outputs -> leaderboard CSVs + chart")
+    a = sub.add_parser("aggregate", help="heareval outputs -> leaderboard CSV/Markdown + chart")
     a.add_argument("runs", type=Path)
     a.add_argument("--out", type=Path, default=Path("results"))
     a.add_argument("--url", default="", help="URL column of leaderboard.csv (where the models live)")
@@ -23,11 +28,8 @@ def main(argv=None):
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import pandas as pd
-    print(pd.read_csv(files["leaderboard"]).to_string(index=False))
-    print()
-    print(pd.read_csv(files["overall"]).to_string(index=False))
-    print("\nwrote " + ", ".join(str(f) for f in files.values()))
+    print(files["markdown"].read_text())
+    print("wrote " + ", ".join(str(f) for f in files.values()))
     return 0
 
 

@@ -1,15 +1,20 @@
-"""results.aggregate: primary scores, Student-t intervals, overall scores, HEAR CSV format."""
+"""results.aggregate: primary scores, Student-t intervals, overall scores, HEAR CSV format,
+the Markdown leaderboard, columns of several bundles, bundles no suite knows."""
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from scipy import stats
 
+from eval_suites.suites import HEAR2021_COLUMNS
 from results.aggregate import REFERENCES, aggregate, overall, primary_score
 
 
-def _write(root, model, seed, task, score, kfold=True):
+def _write(root, model, seed, task, score, kfold=True, **meta):
     d = root / model / f"seed{seed}" / task
     d.mkdir(parents=True)
     if kfold:
@@ -18,7 +23,8 @@ def _write(root, model, seed, task, score, kfold=True):
     else:
         body = {"test": {"test_score": score, "test_pitch_acc": score, "test_chroma_acc": float("nan")}}
     (d / "test.predicted-scores.json").write_text(json.dumps(body))  # json writes bare NaN
-    (root / model / "model.json").write_text(json.dumps({"date": "2026-11-22"}))
+    (root / model / "model.json").write_text(json.dumps({"date": "2026-11-22", **meta}))
+    return d
 
 
 def test_primary_score_for_kfold_and_train_valid_test():
@@ -72,3 +78,78 @@ def test_references_are_data_with_sources():
 def test_no_results_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no test.predicted-scores.json"):
         aggregate(tmp_path, tmp_path / "out")
+
+
+def test_hear2021_runs_use_the_official_columns_and_beehive_averages_its_folds(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (f0, f1) in zip((1, 2), ((0.6, 0.8), (0.7, 0.9))):
+        _write(runs, "m", seed, "beehive_states_fold0-v2-full", f0, kfold=False, suite="hear2021")
+        _write(runs, "m", seed, "beehive_states_fold1-v2-full", f1, kfold=False, suite="hear2021")
+        _write(runs, "m", seed, "esc50-v2.0.0-full", 0.5, suite="hear2021")
+    _write(runs, "m", 3, "beehive_states_fold0-v2-full", 0.1, kfold=False, suite="hear2021")  # fold1 missing
+    _write(runs, "half", 42, "beehive_states_fold0-v2-full", 0.9, kfold=False, suite="hear2021")
+    _write(runs, "half", 42, "esc50-v2.0.0-full", 0.4, suite="hear2021")
+    files = aggregate(runs, tmp_path / "out")
+    lines = files["leaderboard"].read_text().splitlines()
+    assert lines[0] == "Model,URL,Submission Date," + ",".join(HEAR2021_COLUMNS)
+    lb = pd.read_csv(files["leaderboard"]).set_index("Model")
+    assert lb.loc["m", "Beehive"] == pytest.approx(0.75)  # seeds 1, 2: (0.7 + 0.8) / 2; seed 3 lacks fold1
+    assert math.isnan(lb.loc["half", "Beehive"])  # one fold alone is not the column
+    assert lb.loc["half", "ESC-50"] == pytest.approx(0.4) and lb["FSD50K"].isna().all()  # blank when not run
+    assert lines[1].startswith("half,,2026-11-22,,,,,0.4000,,")
+    scores = pd.read_csv(files["scores"]).set_index(["model", "label"])
+    assert scores.loc[("m", "Beehive"), "task"] == "beehive_states_fold0-v2-full+beehive_states_fold1-v2-full"
+    assert scores.loc[("m", "Beehive"), "n"] == 2
+
+
+def test_bundles_no_suite_knows_take_label_and_metric_from_their_metadata(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, v in enumerate([0.3, 0.5]):
+        d = _write(runs, "m", seed, "bursts-v1.0-full", 0, kfold=False)
+        (d / "test.predicted-scores.json").write_text(json.dumps({"test": {
+            "test_score": v, "test_event_onset_200ms_fms": v, "test_event_onset_200ms_fms_precision": 0.99}}))
+        (d / "task_metadata.json").write_text(json.dumps({
+            "task_name": "bursts", "embedding_type": "event", "evaluation": ["event_onset_200ms_fms"]}))
+    files = aggregate(runs, tmp_path / "out")
+    row = pd.read_csv(files["scores"]).iloc[0]
+    assert (row["label"], row["metric"], row["mean"]) == ("bursts", "event_onset_200ms_fms", pytest.approx(0.4))
+    assert files["leaderboard"].read_text().splitlines()[0] == "Model,URL,Submission Date,bursts"
+
+
+def _two_models(runs):
+    for s, v in enumerate([0.50, 0.60, 0.55]):
+        _write(runs, "ssam", s, "esc50-v2.0.0-full", v)
+        _write(runs, "ssam", s, "nsynth_pitch-v2.2.3-5h", 0.3, kfold=False)
+        _write(runs, "logmel", s, "esc50-v2.0.0-full", 0.2 + s / 100, baseline=True)
+        _write(runs, "logmel", s, "nsynth_pitch-v2.2.3-5h", 0.4, kfold=False, baseline=True)
+
+
+def test_markdown_leaderboard_marks_the_best_and_the_baseline(tmp_path):
+    runs = tmp_path / "runs"
+    _two_models(runs)
+    md = aggregate(runs, tmp_path / "out")["markdown"].read_text().splitlines()
+    assert md[0] == "| Model | ESC-50 | NSynth Pitch 5h | HEAR norm. | s(m) | mean | tasks |"
+    assert md[1] == "|:--|--:|--:|--:|--:|--:|--:|"
+    ci = stats.t.ppf(0.975, 2) * pd.Series([0.50, 0.60, 0.55]).std(ddof=1) / math.sqrt(3)
+    # ranked by s(m): ssam is best on ESC-50, the baseline on NSynth (bold: best mean per column)
+    assert md[2] == f"| ssam | **0.550 ± {ci:.3f}** | 0.300 ± 0.000 | 0.000 | 50.0 | 0.425 | 2 |"
+    assert md[3] == "| logmel (baseline) | 0.210 ± 0.025 | **0.400 ± 0.000** | 0.000 | 50.0 | 0.305 | 2 |"
+    assert any("Baseline: logmel" in line for line in md)
+
+
+def test_outputs_are_byte_identical_for_identical_inputs(tmp_path):
+    runs = tmp_path / "runs"
+    _two_models(runs)
+    a, b = aggregate(runs, tmp_path / "a"), aggregate(runs, tmp_path / "b")
+    for key in ("scores", "leaderboard", "markdown", "overall"):
+        assert a[key].read_bytes() == b[key].read_bytes(), key
+    assert a["chart"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_prints_the_markdown_table(tmp_path):
+    runs = tmp_path / "runs"
+    _two_models(runs)
+    r = subprocess.run([sys.executable, "-m", "results", "aggregate", str(runs), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("| Model | ESC-50 | NSynth Pitch 5h |") and "logmel (baseline)" in r.stdout
