@@ -2,12 +2,19 @@
 
     python -m eval_suites build mini --tasks-dir tasks/
 
-| task | mirrors | source | classes | folds (disjoint by) |
-|---|---|---|---|---|
-| mini_phrases | Speech Commands | hedgewars-data: 10 English voice packs | shared phrases | 4 (voice) |
-| mini_drums | Mridangam Stroke | hydrogen-drumkits: 14 real drum kits | kick/snare/hihat/tom/cymbal/clap | 4 (kit) |
-| mini_pitch | NSynth Pitch | fluid-soundfont-gm rendered by fluidsynth | 24 MIDI pitches | 4 (instrument) |
-| mini_count | LibriCount | hedgewars-data: all 15 voice packs, mixed | 1-4 speakers | 3 (voice) |
+| task | mirrors | source | clips | classes | folds (disjoint by) |
+|---|---|---|---|---|---|
+| mini_phrases | Speech Commands | hedgewars-data: 10 English voice packs, every take | 450 x 2 s | 33 phrases said by all 10 voices | 4 (voice) |
+| mini_drums | Mridangam Stroke | hydrogen-drumkits: 13 real kits, every velocity layer | 511 x 1 s | kick/snare/hihat/tom/cymbal/clap | 4 (kit, balanced) |
+| mini_pitch | NSynth Pitch | fluid-soundfont-gm rendered by fluidsynth | 768 x 1 s | 48 MIDI pitches (C2..B5) | 4 (instrument) |
+| mini_count | LibriCount | hedgewars-data: all 15 voice packs, mixed | 480 x 3 s | 1-4 speakers | 3 (voice) |
+| mini_drum_events | DCASE 2016 task 2 | hydrogen-drumkits strokes in sequences | see mini_events | onsets + offsets | 4 (kit) |
+
+Version 2 of the suite (bundles `*-v2.0-full`) is sized for resolving power: version 1
+(200-500 clips a task, phrases at chance) could not tell its encoders apart. Every task now
+has hundreds of clips per fold, Mini phrases keeps only phrases every voice says (33 classes
+instead of 53 with holes) and uses every take, and the pitch range doubles (the old 24
+pitches were near the ceiling for every model).
 
 Everything is deterministic (fixed seeds, sorted inputs). A finished task folder is
 skipped on rerun; a task is written to a hidden temporary folder and renamed when done,
@@ -45,10 +52,12 @@ KITS_DIR = "usr/share/hydrogen/data/drumkits"
 SOUNDFONT = "usr/share/sounds/sf2/FluidR3_GM.sf2"
 # General MIDI programs spanning families: piano, e-piano, organ, nylon & clean guitar,
 # bass, violin, cello, trumpet, alto sax, flute, square lead.
-GM_PROGRAMS = {"piano": 0, "epiano": 4, "organ": 19, "nylon_guitar": 24, "clean_guitar": 27,
-               "finger_bass": 33, "violin": 40, "cello": 42, "trumpet": 56, "alto_sax": 65,
-               "flute": 73, "square_lead": 80}
-PITCHES = range(48, 72)  # C3..B4
+GM_PROGRAMS = {"piano": 0, "epiano": 4, "marimba": 12, "organ": 19, "nylon_guitar": 24,
+               "clean_guitar": 27, "finger_bass": 33, "violin": 40, "cello": 42, "strings": 48,
+               "trumpet": 56, "french_horn": 60, "alto_sax": 65, "clarinet": 71, "flute": 73,
+               "square_lead": 80}
+PITCHES = range(36, 84)  # C2..B5
+VERSION = "v2.0"
 STROKES = [("kick", r"kick|bass ?drum|\bbd\b|kik"), ("snare", r"snare|\bsd\b|rim"),
            ("hihat", r"h(i|igh)?[- ]?hat|\bhh\b|hat"), ("tom", r"tom"),
            ("cymbal", r"crash|ride|cymbal|splash|china"), ("clap", r"clap")]
@@ -114,26 +123,35 @@ def _voice_files(root: Path, voices):
     return {v: {p.stem: p for p in sorted((base / v).glob("*.ogg"))} for v in voices}
 
 
+def _takes_by_phrase(files: dict) -> dict:
+    """{phrase: {voice: [take paths]}}; numbered takes ("Ow1", "Ow2") are one phrase."""
+    out = {}
+    for voice, stems in files.items():
+        for stem, path in stems.items():
+            out.setdefault(re.sub(r"\d+$", "", stem), {}).setdefault(voice, []).append(path)
+    return out
+
+
 def build_phrases(root: Path, tasks_dir: Path):
-    """Which phrase is said, across 10 acted English voices (folds by voice)."""
+    """Which phrase is said, across 10 acted English voices (folds by voice).
+
+    Only phrases every voice says (so each fold has every class), every take of each.
+    """
     files = _voice_files(root, ENGLISH_VOICES)
-    # phrases said by at least 8 of the 10 voices; numbered takes ("Ow1") are one phrase
-    count = {}
-    for v in files.values():
-        for stem in {re.sub(r"\d+$", "", s) for s in v}:
-            count[stem] = count.get(stem, 0) + 1
-    phrases = sorted(p for p, c in count.items() if c >= 8)
-    w = BundleWriter(tasks_dir, "mini_phrases", "v1.0", 2.0, ["top1_acc"], folds=4)
+    takes = _takes_by_phrase(files)
+    phrases = sorted(p for p, by_voice in takes.items() if len(by_voice) == len(ENGLISH_VOICES))
+    w = BundleWriter(tasks_dir, "mini_phrases", VERSION, 2.0, ["top1_acc"], folds=4)
     for i, voice in enumerate(tqdm(ENGLISH_VOICES, desc="mini_phrases", leave=False)):
         for phrase in phrases:
-            takes = [p for s, p in files[voice].items() if re.sub(r"\d+$", "", s) == phrase]
-            if takes:
-                w.add(i % 4, f"{voice}_{phrase}.wav", peak_normalise(load_mono(takes[0], 2.0)), phrase)
-    w.finish({"source": "hedgewars-data voice packs", "voices": list(ENGLISH_VOICES), "licence": "GPL-2"})
+            for path in takes[phrase][voice]:
+                w.add(i % 4, f"{voice}_{path.stem}.wav", peak_normalise(load_mono(path, 2.0)), phrase)
+    w.finish({"source": "hedgewars-data voice packs", "voices": list(ENGLISH_VOICES), "phrases": phrases,
+              "licence": "GPL-2"})
 
 
-def _kit_strokes(kit_dir: Path):
-    """[(sample file, stroke class)] from a Hydrogen drumkit.xml (name, else file name)."""
+def _kit_strokes(kit_dir: Path, layers: str = "first"):
+    """[(sample file, stroke class)] from a Hydrogen drumkit.xml (name, else file name);
+    `layers`: "first" velocity layer of each instrument, or "all" of them."""
     tree = ET.parse(kit_dir / "drumkit.xml")
     out = []
     for inst in tree.iter():
@@ -141,7 +159,7 @@ def _kit_strokes(kit_dir: Path):
             continue
         name = (inst.findtext("{*}name") or inst.findtext("name") or "").lower()
         files = [e.text for e in inst.iter() if e.tag.endswith("filename") and e.text]
-        for f in files[:1]:  # the first velocity layer of each instrument
+        for f in files if layers == "all" else files[:1]:
             text = f"{name} {Path(f).stem.lower()}"
             stroke = next((cls for cls, pat in STROKES if re.search(pat, name)), None) \
                 or next((cls for cls, pat in STROKES if re.search(pat, text)), None)
@@ -150,59 +168,93 @@ def _kit_strokes(kit_dir: Path):
     return out
 
 
+def balanced_folds(sizes: dict, folds: int) -> dict:
+    """{group: fold}: largest group first onto the fold with fewest items (ties: lowest
+    fold, then name), so folds stay disjoint by group with similar sizes. Deterministic."""
+    load, out = [0] * folds, {}
+    for group in sorted(sizes, key=lambda g: (-sizes[g], g)):
+        fold = min(range(folds), key=lambda f: (load[f], f))
+        out[group] = fold
+        load[fold] += sizes[group]
+    return out
+
+
 def build_drums(root: Path, tasks_dir: Path):
-    """Drum stroke type across 14 real kits (folds by kit)."""
+    """Drum stroke type across the real kits, every velocity layer (folds by kit, balanced)."""
     kits = sorted(p for p in (root / "hydrogen-drumkits" / KITS_DIR).iterdir() if (p / "drumkit.xml").exists())
-    w = BundleWriter(tasks_dir, "mini_drums", "v1.0", 1.0, ["top1_acc"], folds=4)
-    for i, kit in enumerate(tqdm(kits, desc="mini_drums", leave=False)):
-        for j, (path, stroke) in enumerate(_kit_strokes(kit)):
-            slug = re.sub(r"[^A-Za-z0-9]+", "_", kit.name)
-            w.add(i % 4, f"{slug}_{j:03d}_{stroke}.wav", peak_normalise(load_mono(path, 1.0)), stroke)
-    w.finish({"source": "hydrogen-drumkits", "kits": [k.name for k in kits], "licence": "GPL-2+ / CC"})
+    strokes = {kit.name: _kit_strokes(kit, layers="all") for kit in kits}
+    strokes = {k: v for k, v in strokes.items() if v}
+    fold_of = balanced_folds({k: len(v) for k, v in strokes.items()}, 4)
+    w = BundleWriter(tasks_dir, "mini_drums", VERSION, 1.0, ["top1_acc"], folds=4)
+    for kit, items in tqdm(strokes.items(), desc="mini_drums", leave=False):
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", kit)
+        for j, (path, stroke) in enumerate(items):
+            w.add(fold_of[kit], f"{slug}_{j:03d}_{stroke}.wav", peak_normalise(load_mono(path, 1.0)), stroke)
+    w.finish({"source": "hydrogen-drumkits, every velocity layer", "kit_folds": fold_of,
+              "licence": "GPL-2+ / CC"})
 
 
-def _midi_note(program: int, pitch: int, seconds: float) -> bytes:
-    """A one-note Standard MIDI File (format 0, 480 ticks per quarter at 120 bpm)."""
+def _midi_notes(program: int, pitches, note_seconds: float, spacing_seconds: float) -> bytes:
+    """A Standard MIDI File (format 0, 480 ticks per quarter at 120 bpm) playing `pitches`
+    one after another: note k starts at k * spacing_seconds and lasts note_seconds."""
     def vlq(n):
         out = [n & 0x7F]
         while n > 127:
             n >>= 7
             out.insert(0, (n & 0x7F) | 0x80)
         return bytes(out)
-    ticks = int(seconds * 960)  # 960 ticks per second at 120 bpm, 480 ppq
-    track = (b"\x00" + bytes([0xC0, program]) + b"\x00" + bytes([0x90, pitch, 100]) +
-             vlq(ticks) + bytes([0x80, pitch, 0]) + b"\x00\xff\x2f\x00")
+    on, gap = int(note_seconds * 960), int((spacing_seconds - note_seconds) * 960)  # 960 ticks/s
+    track = b"\x00" + bytes([0xC0, program])
+    for k, pitch in enumerate(pitches):
+        track += vlq(gap if k else 0) + bytes([0x90, pitch, 100]) + vlq(on) + bytes([0x80, pitch, 0])
+    track += b"\x00\xff\x2f\x00"
     return (b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk" + struct.pack(">I", len(track)) + track)
 
 
+def _midi_note(program: int, pitch: int, seconds: float) -> bytes:
+    """A one-note Standard MIDI File."""
+    return _midi_notes(program, [pitch], seconds, seconds)
+
+
+NOTE_SECONDS, NOTE_SPACING = 0.8, 2.0  # 1.2 s after each note: its release and reverb die out
+
+
 def build_pitch(root: Path, tasks_dir: Path):
-    """MIDI pitch of single notes across 12 General MIDI instruments (folds by instrument)."""
+    """MIDI pitch of single notes across 16 General MIDI instruments (folds by instrument).
+
+    One fluidsynth run per instrument renders all its notes, NOTE_SPACING apart (loading the
+    141 MB soundfont once per note was most of the build time); each clip is the second
+    starting at its note's onset.
+    """
     fluidsynth = shutil.which("fluidsynth")
     if not fluidsynth:
         raise RuntimeError("fluidsynth is not installed (apt-get install fluidsynth); "
                            "it renders the mini_pitch notes")
     sf2 = root / "fluid-soundfont-gm" / SOUNDFONT
-    w = BundleWriter(tasks_dir, "mini_pitch", "v1.0", 1.0, ["pitch_acc", "chroma_acc"], folds=4)
+    w = BundleWriter(tasks_dir, "mini_pitch", VERSION, 1.0, ["pitch_acc", "chroma_acc"], folds=4)
     with tempfile.TemporaryDirectory() as tmp:
         for i, (inst, program) in enumerate(tqdm(list(GM_PROGRAMS.items()), desc="mini_pitch", leave=False)):
-            for pitch in PITCHES:
-                mid, wav = Path(tmp) / "n.mid", Path(tmp) / "n.wav"
-                mid.write_bytes(_midi_note(program, pitch, 0.8))
-                subprocess.run([fluidsynth, "-ni", "-g", "0.8", "-r", str(SR), "-F", str(wav), str(sf2), str(mid)],
-                               check=True, capture_output=True)
-                w.add(i % 4, f"{inst}_{pitch:03d}.wav", peak_normalise(load_mono(wav, 1.0)), str(pitch))
+            mid, wav = Path(tmp) / "n.mid", Path(tmp) / "n.wav"
+            mid.write_bytes(_midi_notes(program, PITCHES, NOTE_SECONDS, NOTE_SPACING))
+            subprocess.run([fluidsynth, "-ni", "-g", "0.8", "-r", str(SR), "-F", str(wav), str(sf2), str(mid)],
+                           check=True, capture_output=True)
+            audio = load_mono(wav)
+            for k, pitch in enumerate(PITCHES):
+                start = int(round(k * NOTE_SPACING * SR))
+                w.add(i % 4, f"{inst}_{pitch:03d}.wav", peak_normalise(audio[start:start + SR]), str(pitch))
     w.finish({"source": "fluid-soundfont-gm (FluidR3_GM.sf2) rendered with fluidsynth",
               "instruments": GM_PROGRAMS, "licence": "MIT (FluidR3)"})
 
 
-def build_count(root: Path, tasks_dir: Path, clips_per_count=20):
+def build_count(root: Path, tasks_dir: Path, clips_per_count=40):
     """How many different voices speak (1-4), mixing phrases of 15 voice packs (folds by voice)."""
     base = root / "hedgewars-data" / VOICES_DIR
     voices = sorted(p.name for p in base.iterdir() if p.is_dir())
     files = _voice_files(root, voices)
     groups = [voices[f::3] for f in range(3)]  # 5 voices per fold
     seconds = 3.0
-    w = BundleWriter(tasks_dir, "mini_count", "v1.0", seconds, ["top1_acc"], folds=3)
+    w = BundleWriter(tasks_dir, "mini_count", VERSION, seconds, ["top1_acc"], folds=3)
+    decoded = {}
     for fold, group in enumerate(tqdm(groups, desc="mini_count", leave=False)):
         for k in range(1, 5):
             for c in range(clips_per_count):
@@ -210,27 +262,10 @@ def build_count(root: Path, tasks_dir: Path, clips_per_count=20):
                 mix = np.zeros(int(seconds * SR), np.float32)
                 for voice in rng.choice(group, size=k, replace=False):
                     take = list(files[voice].values())[rng.integers(len(files[voice]))]
-                    x = peak_normalise(load_mono(take), 0.5)[: int(2.5 * SR)]
+                    if take not in decoded:  # takes recur across clips: decode each once
+                        decoded[take] = peak_normalise(load_mono(take), 0.5)[: int(2.5 * SR)]
+                    x = decoded[take]
                     start = int(rng.integers(0, len(mix) - len(x) + 1))
                     mix[start:start + len(x)] += x
                 w.add(fold, f"f{fold}_k{k}_{c:02d}.wav", peak_normalise(mix), str(k))
     w.finish({"source": "hedgewars-data voice packs, mixed", "voice_folds": groups, "licence": "GPL-2"})
-
-
-BUILDERS = {"mini_phrases": build_phrases, "mini_drums": build_drums, "mini_pitch": build_pitch,
-            "mini_count": build_count}
-
-
-def build(tasks_dir: Path, work: Path):
-    tasks_dir.mkdir(parents=True, exist_ok=True)
-    for stale in tasks_dir.glob(".building-*"):  # an interrupted earlier build
-        shutil.rmtree(stale)
-    todo = [n for n in BUILDERS if not (tasks_dir / f"{n}-v1.0-full" / "task_metadata.json").exists()]
-    if not todo:
-        log.info("mini suite already built in %s", tasks_dir)
-        return
-    for package in PACKAGES:
-        fetch_package(package, work)
-    root = work / "unpacked"
-    for name in todo:
-        BUILDERS[name](root, tasks_dir)

@@ -11,9 +11,11 @@ import torch
 
 import hear_ssam
 from eval_suites import mini
+from eval_suites.build import BUILDERS
 from eval_suites.heareval_compat import patch_heareval, resolve_grid
-from eval_suites.runner import ModelSpec, run
-from eval_suites.suites import MINI, PAPER_GRID, SSAM10, Suite, TaskSpec
+from eval_suites.runner import BASELINE_MODELS, ModelSpec, run
+from eval_suites.suites import (HEAR2021, HEAR2021_COLUMNS, HEAREVAL_GRID, HEAREVAL_SCORES, MINI, PAPER_GRID,
+                                PROTOCOLS, SSAM10, SUITES, Suite, TaskSpec, bundle_task_specs)
 from hear_bundle import write_scene_task
 
 
@@ -33,7 +35,7 @@ def test_ssam10_is_the_papers_ten_tasks_and_protocol():
 
 
 def test_mini_suite_tasks_match_its_builders():
-    assert [t.bundle.split("-")[0] for t in MINI.tasks] == list(mini.BUILDERS)
+    assert [t.bundle for t in MINI.tasks] == list(BUILDERS)
 
 
 def test_midi_note_is_a_valid_standard_midi_file():
@@ -90,14 +92,82 @@ def test_compat_gives_fitloop_a_current_epoch_setter_and_reseeds():
     assert tp.PARAM_GRID["dropout"] == [0.1, 0.25]
 
 
+def test_compat_restores_hearevals_grid_and_writes_stable_hparams():
+    import heareval.predictions.task_predictions as tp
+    from pytorch_lightning.trainer.connectors.accelerator_connector import AcceleratorConnector
+    patch_heareval(seed=1, grid=PAPER_GRID)
+    patch_heareval(seed=42, grid=None)  # a later seed without a grid gets heareval's own back
+    assert tp.PARAM_GRID["lr"] == [3.2e-3, 1e-3, 3.2e-4, 1e-4] and tp.PARAM_GRID["hidden_layers"] == [1, 2]
+    # str(function) holds a memory address; the patched writer names it by module.qualname
+    assert tp.hparams_to_json({"initialization": torch.nn.init.xavier_normal_, "lr": 0.1}) == {
+        "initialization": "torch.nn.init.xavier_normal_", "lr": 0.1}
+    assert AcceleratorConnector._init_deterministic._warn_only  # deterministic=True -> warn-only
+
+
 def test_model_spec_parsing(tmp_path):
     ckpt = tmp_path / "my_model.safetensors"
     ckpt.write_bytes(b"x")
     assert ModelSpec.parse(str(ckpt)).name == "my_model"
     assert ModelSpec.parse(f"alias={ckpt}").name == "alias"
-    assert ModelSpec.parse("default").path == ""
+    assert ModelSpec.parse("default").path == "" and not ModelSpec.parse("default").baseline
+    base = ModelSpec.parse("logmel")
+    assert (base.name, base.path, base.baseline) == ("logmel", "logmel", True)
+    assert ModelSpec.parse("floor=logmel").baseline and ModelSpec.parse("floor=logmel").name == "floor"
+    assert not ModelSpec.parse(str(ckpt)).baseline
     with pytest.raises(FileNotFoundError, match="nope.safetensors does not exist"):
         ModelSpec.parse(str(tmp_path / "nope.safetensors"))
+
+
+def test_baseline_names_match_the_plugin():
+    baseline = pytest.importorskip("hear_ssam.baseline")
+    assert BASELINE_MODELS == tuple(baseline.BASELINES)
+
+
+def test_hear2021_suite_is_the_leaderboards_19_columns():
+    assert len(HEAR2021_COLUMNS) == 19 and len(set(HEAR2021_COLUMNS)) == 19
+    assert list(HEAR2021_COLUMNS) == sorted(HEAR2021_COLUMNS)  # the official (alphabetical) order
+    assert HEAR2021.labels == list(HEAR2021_COLUMNS)  # every column has a bundle, in that order
+    assert {t.label for t in HEAR2021.tasks} == set(HEAR2021_COLUMNS)
+    assert len(HEAR2021.tasks) == 20 and len({t.bundle for t in HEAR2021.tasks}) == 20
+    assert [t.bundle for t in HEAR2021.tasks if t.label == "Beehive"] == [
+        "beehive_states_fold0-v2-full", "beehive_states_fold1-v2-full"]
+    assert all(t.metric in HEAREVAL_SCORES for t in HEAR2021.tasks)
+    got = {t.bundle: t.metric for t in HEAR2021.tasks}
+    assert got["dcase2016_task2-hear2021-full"] == "event_onset_200ms_fms"
+    assert got["maestro-v3.0.0-5h"] == "event_onset_50ms_fms" and got["vocal_imitation-v1.1.3-full"] == "mAP"
+    assert got["nsynth_pitch-v2.2.3-50h"] == "pitch_acc" and got["beehive_states_fold1-v2-full"] == "aucroc"
+    # the ten SSAM tasks are HEAR 2021 bundles with the same columns and metrics
+    assert {(t.bundle, t.label, t.metric) for t in SSAM10.tasks} <= {(t.bundle, t.label, t.metric) for t in HEAR2021.tasks}
+    # heareval's own protocol, as plain data
+    assert HEAR2021.grid == HEAREVAL_GRID and HEAR2021.points == 8 and HEAR2021.seeds == (42,)
+    assert PROTOCOLS["heareval"].grid == HEAREVAL_GRID and "hear2021" in SUITES
+
+
+def test_score_names_are_hearevals():
+    from heareval.score import available_scores
+    assert set(HEAREVAL_SCORES) == set(available_scores)
+
+
+def test_any_bundle_gets_a_column_and_metric():
+    specs = bundle_task_specs({
+        "esc50-v2.0.0-full": {},  # a known HEAR bundle: its leaderboard column
+        "birds-v1-full": {"task_name": "birds", "evaluation": ["mAP", "d_prime"], "split_mode": "trainvaltest",
+                          "splits": ["train", "valid", "test"]},
+        "x-v1-full": {"task_name": "x", "evaluation": ["top1_acc"], "split_mode": "new_split_kfold",
+                      "splits": ["fold00", "fold01", "fold02"]},
+        "x-v2-full": {"task_name": "x", "evaluation": ["top1_acc"], "split_mode": "trainvaltest", "splits": []},
+    })
+    assert specs["esc50-v2.0.0-full"] == TaskSpec("esc50-v2.0.0-full", "ESC-50", "top1_acc", "5-fold")
+    assert specs["birds-v1-full"] == TaskSpec("birds-v1-full", "birds", "mAP", "train/valid/test")
+    assert specs["x-v1-full"].label == "x-v1-full" and specs["x-v1-full"].split == "3-fold"  # shared task_name
+    assert specs["x-v2-full"].label == "x-v2-full"
+
+
+def test_cli_lists_hear2021():
+    r = subprocess.run([sys.executable, "-m", "eval_suites", "list"], capture_output=True, text=True,
+                       cwd=Path(__file__).parents[1])
+    assert r.returncode == 0 and "hear2021:" in r.stdout and "beehive_states_fold1-v2-full" in r.stdout
+    assert "heareval's PARAM_GRID, 8 random points, seeds [42]" in r.stdout
 
 
 @pytest.mark.slow
@@ -120,7 +190,9 @@ def test_runner_end_to_end_skips_finished_work_and_isolates_failures(tmp_path):
     assert status[("tiny", "tones-v1.0-full", "embeddings")][0] == "done"
     assert status[("tiny", "tones-v1.0-full", "seed0")][0] == "done"
     assert status[("tiny", "tones-v1.0-full", "seed1")][0] == "done"
-    assert status[("tiny", "broken-v1.0-full", "embeddings")][0] == "failed"
+    assert status[("tiny", "broken-v1.0-full", "embeddings")] == ("broken", "task_metadata.json lacks "
+                                                                   "embedding_type, prediction_type, split_mode, "
+                                                                   "sample_duration, evaluation")
     assert status[("tiny", "absent-v1.0-full", "embeddings")][0] == "missing"
     scores = json.loads((tmp_path / "runs/tiny/seed1/tones-v1.0-full/test.predicted-scores.json").read_text())
     assert 0.0 <= scores["test"]["test_score"] <= 1.0
@@ -132,7 +204,10 @@ def test_runner_end_to_end_skips_finished_work_and_isolates_failures(tmp_path):
     from results.aggregate import aggregate
     files = aggregate(tmp_path / "runs", tmp_path / "results")
     lb = files["leaderboard"].read_text().splitlines()
-    assert lb[0] == "Model,URL,Submission Date,tones-v1.0-full"  # unknown tasks keep the bundle name
+    assert lb[0] == "Model,URL,Submission Date,tones"  # a bundle no suite knows: its task_name
+    report = json.loads((tmp_path / "runs" / "bundle_report.json").read_text())
+    assert {b["bundle"]: b["status"] for b in report["bundles"]} == {
+        "tones-v1.0-full": "ok", "broken-v1.0-full": "broken", "absent-v1.0-full": "missing"}
     assert files["chart"].read_bytes()[:4] == b"\x89PNG"
 
 
