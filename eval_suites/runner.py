@@ -460,17 +460,21 @@ def run(suite: Suite | None, models, tasks_dir: Path, out: Path, seeds=None, tas
                 status[(m.name, t, "embeddings")] = ("broken", "; ".join(problems[t]))
     bar = tqdm(total=len(models) * len(healthy) * (1 + len(seeds)), desc=suite.name, unit="step",
                dynamic_ncols=True)
+    # Every model's embeddings first, then the probes: an embeddings process uses every core
+    # (OpenMP threads), and one-thread probes beside it oversubscribe the cores, which made
+    # both several times slower (OpenMP threads wait at barriers for a descheduled peer).
+    for m in models:
+        bar.set_postfix_str(f"{m.name} embeddings")
+        for t, res in embed(m, healthy, tasks_dir, out, threads=cores).items():
+            status[(m.name, t, "embeddings")] = res
+            if res[0] == "failed":
+                log.error("%s / %s embeddings failed: %s", m.name, t, res[1])
+        bar.update(len(healthy))
+    # Longest first (event tasks: a probe trains on every frame), so no long probe starts last.
+    event = {t for t in healthy if _embedding_type(tasks_dir / t) == "event"}
+    pairs = sorted(((m, t) for m in models for t in healthy), key=lambda mt: mt[1] not in event)
     with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {}
-        for m in models:
-            bar.set_postfix_str(f"{m.name} embeddings")
-            for t, res in embed(m, healthy, tasks_dir, out, threads=cores).items():
-                status[(m.name, t, "embeddings")] = res
-                if res[0] == "failed":
-                    log.error("%s / %s embeddings failed: %s", m.name, t, res[1])
-            bar.update(len(healthy))
-            for t in healthy:  # probes of this model run while the next model embeds
-                futures[pool.submit(predict, m, t, seeds, suite, out)] = (m, t)
+        futures = {pool.submit(predict, m, t, seeds, suite, out): (m, t) for m, t in pairs}
         for fut in cf.as_completed(futures):
             m, t = futures[fut]
             for s, res in fut.result().items():
@@ -485,6 +489,13 @@ def run(suite: Suite | None, models, tasks_dir: Path, out: Path, seeds=None, tas
     (out / "bundle_report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(format_summary(report), flush=True)
     return status
+
+
+def _embedding_type(bundle: Path) -> str:
+    try:
+        return json.loads((bundle / "task_metadata.json").read_text()).get("embedding_type", "scene")
+    except (OSError, ValueError):
+        return "scene"
 
 
 def bundle_report(status: dict, bundles, problems: dict, suite: Suite, models, seeds, tasks_dir: Path) -> dict:

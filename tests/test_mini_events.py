@@ -73,7 +73,7 @@ def test_bundle_layout_and_metadata(built):
     assert meta["evaluation_params"]["event_postprocessing_grid"] == {"median_filter_ms": [250],
                                                                       "min_duration": [125]}
     assert meta["use_scoring_for_early_stopping"] is False  # loss-based, one post-processing
-    assert meta["evaluation_params"]["task_specific_param_grid"] == {"batch_size": [1024]}
+    assert meta["evaluation_params"]["task_specific_param_grid"] == {"batch_size": [1024], "patience": [5]}
     prov = meta["provenance"]
     assert prov["licence"] == "GPL-2+ / CC" and prov["kits"] and prov["classes_dropped"] == ["clap"]
     assert (task / "labelvocabulary.csv").read_text() == "idx,label\n0,hihat\n1,kick\n2,snare\n"
