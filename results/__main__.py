@@ -21,10 +21,11 @@ def main(argv=None):
     a.add_argument("runs", type=Path)
     a.add_argument("--out", type=Path, default=Path("results"))
     a.add_argument("--url", default="", help="URL column of leaderboard.csv (where the models live)")
+    a.add_argument("--date", help="Submission Date column of leaderboard.csv (default: each model's run date)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
-        files = aggregate(args.runs, args.out, args.url)
+        files = aggregate(args.runs, args.out, args.url, args.date)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -187,15 +187,16 @@ def overall(table: pd.DataFrame) -> pd.DataFrame:
                            kind="stable").reset_index(drop=True)
 
 
-def leaderboard(table: pd.DataFrame, raw: pd.DataFrame, url: str = "") -> pd.DataFrame:
-    """HEAR leaderboard CSV rows: Model, URL, Submission Date, then one column per task."""
+def leaderboard(table: pd.DataFrame, raw: pd.DataFrame, url: str = "", date: str | None = None) -> pd.DataFrame:
+    """HEAR leaderboard CSV rows: Model, URL, Submission Date, then one column per task.
+    `date` replaces the run dates of model.json (so a rerun on another day writes the same file)."""
     columns = column_order(raw)
     if HEAR2021.name not in set(raw.get("suite", [])):
         columns = [c for c in columns if c in set(table["label"])]
     wide = table.pivot(index="model", columns="label", values="mean").sort_index().reindex(columns=columns)
     dates = raw.groupby("model")["date"].first()
     lb = pd.DataFrame({"Model": wide.index, "URL": url,
-                       "Submission Date": [dates.get(m, "") for m in wide.index]})
+                       "Submission Date": [date if date is not None else dates.get(m, "") for m in wide.index]})
     return pd.concat([lb.reset_index(drop=True), wide.reset_index(drop=True)], axis=1)
 
 
@@ -292,7 +293,7 @@ def plot(table: pd.DataFrame, path: Path, baselines: set = frozenset(), labels=N
     plt.close(fig)
 
 
-def aggregate(runs: Path, out: Path, url: str = "") -> dict:
+def aggregate(runs: Path, out: Path, url: str = "", date: str | None = None) -> dict:
     raw = collect(Path(runs))
     if raw.empty:
         raise FileNotFoundError(f"no {SCORES} under {runs}/*/seed*/*/ (run python -m eval_suites run first)")
@@ -305,7 +306,7 @@ def aggregate(runs: Path, out: Path, url: str = "") -> dict:
     files = {"scores": out / "scores.csv", "leaderboard": out / "leaderboard.csv",
              "markdown": out / "leaderboard.md", "overall": out / "overall.csv", "chart": out / "leaderboard.png"}
     table.to_csv(files["scores"], index=False, float_format="%.4f")
-    leaderboard(table, raw, url).to_csv(files["leaderboard"], index=False, float_format="%.4f")
+    leaderboard(table, raw, url, date).to_csv(files["leaderboard"], index=False, float_format="%.4f")
     over.to_csv(files["overall"], index=False, float_format="%.4f")
     files["markdown"].write_text(markdown(table, over, raw))
     plot(table, files["chart"], _baselines(raw), column_order(raw))

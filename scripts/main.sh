@@ -52,5 +52,6 @@ $PY -m eval_suites run mini --tasks-dir data/tasks --out "$OUT" \
   --model logmel --model ssam-tiny=default --model ssast-tiny=results/checkpoints/ssast_tiny_cpu.safetensors
 
 echo "== 4/4 leaderboard"
-$PY -m results aggregate "$OUT" --out results/mini
+# Submission Date: the code's commit date, not today's, so a rerun on another day writes the same CSV.
+$PY -m results aggregate "$OUT" --out results/mini --date "$(git log -1 --format=%cs 2>/dev/null || date +%F)"
 echo "main: done in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"

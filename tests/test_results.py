@@ -153,3 +153,11 @@ def test_cli_prints_the_markdown_table(tmp_path):
                        capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("| Model | ESC-50 | NSynth Pitch 5h |") and "logmel (baseline)" in r.stdout
+
+
+def test_a_given_date_replaces_the_run_dates(tmp_path):
+    for seed in (0, 1):
+        _write(tmp_path / "runs", "m", seed, "esc50-v2.0.0-full", 0.5 + seed / 10)
+    aggregate(tmp_path / "runs", tmp_path / "out", date="2026-01-02")
+    lb = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert list(lb["Submission Date"]) == ["2026-01-02"]
