@@ -39,7 +39,6 @@ from tqdm import tqdm
 
 from hear_ssam.frontend import SAMPLE_RATE as SR
 from hear_ssam.frontend import to_mono_16k
-from pretrain.debian import fetch_package
 from pretrain.seeds import derive_seed
 
 log = logging.getLogger("eval_suites.mini")

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .frontend import FrontendConfig, build_frontend
-from .runtime import MAX_HOP_MS, centred_frame_count
+from .runtime import MAX_HOP_MS, centred_frame_count, centred_timestamps
 
 BASELINES = ("logmel",)  # names load_model() resolves to a baseline instead of a file
 
@@ -67,9 +67,8 @@ class LogMelBaseline(nn.Module):
         counts = nn.functional.pad(torch.ones(T, device=spec.device), (0, (-T) % k)).view(-1, k).sum(1)
         frames = padded.view(n, -1, k, spec.shape[2]).sum(2) / counts[None, :, None]
         n_keep = self.n_frames(n_samples)
-        stamps = self.frame_offset_ms + self.frame_hop_ms * torch.arange(n_keep, dtype=torch.float64)
-        if n_keep == 1:
-            stamps = stamps.clamp(max=500.0 * n_samples / self.sample_rate)
+        stamps = centred_timestamps(n_keep, self.frame_offset_ms, self.frame_hop_ms,
+                                    1000.0 * n_samples / self.sample_rate)
         stamps = stamps.to(torch.float32).to(audio.device).expand(n, -1).contiguous()
         return frames[:, :n_keep].contiguous(), stamps
 

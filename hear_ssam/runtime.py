@@ -150,9 +150,7 @@ class HearSSAM(nn.Module):
             if self.frame_repeat > 1:  # one time step -> frame_repeat frames on the regular grid
                 frames = frames.repeat_interleave(self.frame_repeat, dim=1)
             n_keep = self.n_frames(n_samples)
-            stamps = self.frame_offset_ms + self.frame_hop_ms * torch.arange(n_keep, dtype=torch.float64)
-            if n_keep == 1:
-                stamps = stamps.clamp(max=duration_ms / 2)
+            stamps = centred_timestamps(n_keep, self.frame_offset_ms, self.frame_hop_ms, duration_ms)
         frames = frames[:, :n_keep]
         stamps = stamps.to(torch.float32).to(audio.device).expand(n, -1).contiguous()
         return frames, stamps
@@ -168,6 +166,13 @@ class HearSSAM(nn.Module):
         """Frames whose centre lies inside the clip (so the last is within one hop of the end)."""
         return centred_frame_count(n_samples, self.sample_rate, self.frontend.n_frames(n_samples),
                                    self.frames_per_output, self.frame_offset_ms, self.frame_hop_ms)
+
+
+def centred_timestamps(n_frames: int, offset_ms: float, hop_ms: float, duration_ms: float) -> torch.Tensor:
+    """float64 [n_frames] centres offset_ms + i * hop_ms; a clip shorter than one frame gets
+    its single frame at the clip's middle (never past its end)."""
+    stamps = offset_ms + hop_ms * torch.arange(n_frames, dtype=torch.float64)
+    return stamps.clamp(max=duration_ms / 2) if n_frames == 1 else stamps
 
 
 def centred_frame_count(n_samples: int, sample_rate: int, n_feature_frames: int, frames_per_output: int,

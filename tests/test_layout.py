@@ -74,4 +74,5 @@ def test_the_graph_sees_real_imports():
     edges = graph()
     assert "hear_ssam.ops.selective_scan" in edges["hear_ssam.modules.mamba"] | {
         t + ".selective_scan" for t in edges["hear_ssam.modules.mamba"]}
-    assert "pretrain.debian" in edges["eval_suites.mini"]
+    assert "pretrain.debian" in edges["eval_suites.build"]
+    assert "eval_suites.mini" in edges["eval_suites.mini_events"]
