@@ -244,18 +244,13 @@ def check_bundle(path: Path, audio: bool = True) -> list:
             if info.channels != 1 or info.frames == 0:  # HEAR clips are mono, padded to the duration
                 not_mono_or_empty.append(f"{name}: {info.channels} channels, {info.frames} samples")
             lengths[info.frames] = name
-        if missing:
-            problems.append(f"{len(missing)} audio files listed in {split}.json are missing from "
-                            f"{SAMPLE_RATE}/{split}/ ({_examples(missing)})")
-        if unreadable:
-            problems.append(f"{len(unreadable)} audio files in {SAMPLE_RATE}/{split}/ cannot be read by "
-                            f"soundfile ({_examples(unreadable)})")
-        if wrong_rate:
-            problems.append(f"{len(wrong_rate)} audio files in {SAMPLE_RATE}/{split}/ are not "
-                            f"{SAMPLE_RATE} Hz ({_examples(wrong_rate)})")
-        if not_mono_or_empty:
-            problems.append(f"{len(not_mono_or_empty)} audio files in {SAMPLE_RATE}/{split}/ are not mono "
-                            f"or empty ({_examples(not_mono_or_empty)})")
+        folder = f"{SAMPLE_RATE}/{split}/"
+        for files, what in ((missing, f"listed in {split}.json are missing from {folder}"),
+                            (unreadable, f"in {folder} cannot be read by soundfile"),
+                            (wrong_rate, f"in {folder} are not {SAMPLE_RATE} Hz"),
+                            (not_mono_or_empty, f"in {folder} are not mono or empty")):
+            if files:
+                problems.append(f"{len(files)} audio files {what} ({_examples(files)})")
         # heareval batches fixed-duration clips with torch.stack: one length per split.
         if meta["sample_duration"] is not None and len(lengths) > 1:
             problems.append(f"audio files in {SAMPLE_RATE}/{split}/ have {len(lengths)} different lengths "
