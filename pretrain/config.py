@@ -29,6 +29,9 @@ class TrainConfig:
     warmup_steps: Optional[int] = None  # absolute warm-up steps (SSAMBA: 1000); overrides warmup_epochs
     max_steps: Optional[int] = None  # overrides epochs when set
     epoch_clips: Optional[int] = None  # crops per epoch; default: one per file
+    # None: every file is drawn equally often. A number: a file is drawn with a chance
+    # proportional to min(its length, this many seconds) (pretrain.data.EpochSampler)
+    length_weight_cap_s: Optional[float] = None
     # lr after the linear warm-up: "cosine" = half-cosine to 0 at the last step (SSAM / AxLSTM);
     # "plateau" = the peak, halved (plateau_factor) when the mean of plateau_metric over the last
     # plateau_every steps has not improved for more than plateau_patience checks (torch's
@@ -67,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.schedule not in ("cosine", "plateau"):
             raise ValueError(f"schedule must be 'cosine' or 'plateau', got {self.schedule!r}")
+        if self.length_weight_cap_s is not None and self.length_weight_cap_s <= 0:
+            raise ValueError(f"length_weight_cap_s must be > 0 seconds (or null), got {self.length_weight_cap_s}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.plateau_every < 1 or self.plateau_patience < 0 or not 0.0 < self.plateau_factor < 1.0:

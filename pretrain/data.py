@@ -105,6 +105,10 @@ class CropDataset(Dataset):
     def hours(self) -> float:
         return sum(f / r for f, r in zip(self.frames, self.rates)) / 3600
 
+    def length_weights(self, cap_seconds: float) -> torch.Tensor:
+        """[n_files] min(length in s, cap_seconds): a file's chance of being drawn (EpochSampler)."""
+        return torch.tensor([min(f / r, cap_seconds) for f, r in zip(self.frames, self.rates)], dtype=torch.float64)
+
     def __len__(self):
         return len(self.files)
 
@@ -194,14 +198,24 @@ class CropDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """This process's share of one epoch, from a given step on: (epoch, position, file)."""
+    """This process's share of one epoch, from a given step on: (epoch, position, file).
 
-    def __init__(self, n_files, epoch_clips, seed, epoch, rank=0, world=1, start=0):
+    Without `weights`, an epoch visits every file equally often (shuffled, repeated as needed).
+    With `weights` [n_files], files are drawn with replacement in proportion to them
+    (CropDataset.length_weights: a 30 min soundtrack holds more distinct crops than a 1 s
+    word, so it should be drawn more often, but not 1,800 times more)."""
+
+    def __init__(self, n_files, epoch_clips, seed, epoch, rank=0, world=1, start=0, weights=None):
         self.n_files, self.epoch_clips, self.seed, self.epoch = n_files, epoch_clips, seed, epoch
         self.rank, self.world, self.start = rank, world, start
+        if weights is not None and (len(weights) != n_files or not (weights >= 0).all() or weights.sum() <= 0):
+            raise ValueError(f"weights must be {n_files} non-negative numbers with a positive sum")
+        self.weights = weights
 
     def order(self):
         g = torch.Generator().manual_seed(derive_seed("order", self.seed, self.epoch))
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.epoch_clips, replacement=True, generator=g).tolist()
         reps = math.ceil(self.epoch_clips / self.n_files)
         perm = torch.cat([torch.randperm(self.n_files, generator=g) for _ in range(reps)])
         return perm[: self.epoch_clips].tolist()

@@ -2,8 +2,9 @@
 
 `fetch_package` downloads a package with `apt-get download` and unpacks it with
 `dpkg-deb -x`, once. `EVAL_PACKAGES` are the packages the offline evaluation suite is built
-from: pretraining must never read them (pretrain.corpus refuses them, and a test checks
-that the suite's own package list stays inside this one).
+from: pretraining must never read them, nor any package of the same projects
+(`EVAL_PROJECTS`, `is_eval_package`; pretrain.corpus refuses them, and a test checks that the
+suite's own package list stays inside `EVAL_PACKAGES`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ log = logging.getLogger("pretrain.debian")
 
 # Reserved for evaluation: the mini suite's sources. Never pretrain on them.
 EVAL_PACKAGES = frozenset({"hedgewars-data", "hydrogen-drumkits", "fluid-soundfont-gm"})
+# The projects those packages come from: their sibling packages (other voice packs, drum kits,
+# soundfonts of the same project) may share recordings with the suite, so pretraining avoids
+# the whole family ("hydrogen-drumkits-effects" as well as "hydrogen-drumkits").
+EVAL_PROJECTS = ("hedgewars", "hydrogen", "fluid-soundfont")
+
+
+def is_eval_package(package: str) -> bool:
+    """True for an evaluation package or any package of an evaluation project."""
+    return package in EVAL_PACKAGES or any(package == p or package.startswith(p + "-") for p in EVAL_PROJECTS)
 
 
 def fetch_package(package: str, work: Path) -> Path:

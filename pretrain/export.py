@@ -30,6 +30,19 @@ def export(train_ckpt, dst, half=False) -> dict:
         "command": meta.get("command"), "hear_ssam_version": hear_ssam.__version__,
         "exported": datetime.date.today().isoformat(),
     }
+    # lr schedule: the config's keys that shape it, so the curve can be redrawn (pretrain.train.lr_at)
+    provenance["lr_schedule"] = {k: cfg.get(k) for k in ("schedule", "warmup_steps", "warmup_epochs", "max_steps",
+                                                           "epochs", "base_lr", "weight_decay", "betas")}
+    provenance["length_weight_cap_s"] = cfg.get("length_weight_cap_s")
+    for key in ("corpus_sha256", "corpus_hours", "corpus_files"):
+        if key in meta:
+            provenance[key] = meta[key]
+    segments = meta.get("segments") or []
+    if segments:  # where it ran: one entry per (re)start, e.g. CPU then GPU
+        provenance["segments"] = segments
+        provenance["hardware"] = sorted({s["hardware"] for s in segments})
+        provenance["wall_s"] = round(sum(s["wall_s"] for s in segments), 1)
+        provenance["git_commit"] = segments[-1].get("git_commit")
     if half:  # fp16 storage halves the file; the plugin computes in fp32
         encoder.half()
     save_checkpoint(dst, encoder, provenance=provenance, frontend=FrontendConfig.from_dict(meta["frontend"]))

@@ -31,3 +31,26 @@ def save_reconstruction(path: Path, encoder, spec, mask, pred, step, loss):
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def save_training_curve(path: Path, metrics_csv: Path, global_batch: int, title: str = ""):
+    """PNG of metrics.csv: loss against crops seen (step x global_batch), lr on a second axis."""
+    import csv
+    with open(metrics_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    crops = [int(r["step"]) * global_batch for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(crops, [float(r["loss"]) for r in rows], lw=1, color="C0", label="training loss")
+    ax.set_xlabel("crops seen")
+    ax.set_ylabel("loss (logged every few steps)", color="C0")
+    ax.grid(alpha=0.3)
+    lr_ax = ax.twinx()
+    lr_ax.plot(crops, [float(r["lr"]) for r in rows], lw=1, color="C1", ls="--")
+    lr_ax.set_ylabel("learning rate", color="C1")
+    ax.set_title(title or f"pretraining: final loss {float(rows[-1]['loss']):.4f} after {crops[-1]:,} crops")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -35,6 +35,7 @@ from .config import TrainConfig
 from .data import CropDataset, EpochSampler, list_audio
 from .export import export
 from .objectives import MASKINGS, MaskedSpectrogramModel, masks_per_step, objective_metrics
+from .provenance import corpus_info, git_commit, hardware
 from .seeds import derive_seed
 
 log = logging.getLogger("pretrain")
@@ -185,6 +186,7 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
         if ddp:
             dist.barrier()
     epoch_clips = cfg.epoch_clips or len(dataset)
+    weights = dataset.length_weights(cfg.length_weight_cap_s) if cfg.length_weight_cap_s else None
     steps_per_epoch = epoch_clips // cfg.global_batch
     if steps_per_epoch == 0:
         raise ValueError(f"an epoch of {epoch_clips} clips is smaller than one global batch "
@@ -206,6 +208,7 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
     amp_dtype = torch.float16 if cfg.precision == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.precision == "fp16")
     step = 0
+    segments = []  # one per (re)start: where it ran, which steps, how long (the provenance's hardware)
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.exists():
         meta, model_state, opt_state = load_training_checkpoint(ckpt_path)
@@ -213,6 +216,7 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
         optimizer.load_state_dict(opt_state)
         scaler.load_state_dict(meta["scaler"])
         step = meta["step"]
+        segments = meta.get("segments", [])
         if plateau is not None and "plateau" in meta:
             plateau.load_state_dict(meta["plateau"])
         if main_proc:
@@ -239,14 +243,16 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
                dynamic_ncols=True)
     started, clips_since, t_last = time.time(), 0, time.time()
     extra = {"data": str(data), "files": len(dataset), "data_hours": round(dataset.hours, 3),
-             "skipped_files": len(dataset.skipped), "command": command}
+             "skipped_files": len(dataset.skipped), "command": command, **corpus_info(data)}
+    segment = {"hardware": hardware(device, world), "git_commit": git_commit(), "from_step": step,
+               "to_step": step, "wall_s": 0.0}
 
     def batches_from(step):
         """Micro-batches from `step` on, epoch by epoch (each epoch its own deterministic order)."""
         while True:
             epoch, in_epoch = divmod(step, steps_per_epoch)
             sampler = EpochSampler(len(dataset), steps_per_epoch * cfg.global_batch, cfg.seed, epoch,
-                                   rank, world, start=in_epoch * cfg.micro_batch * accum)
+                                   rank, world, start=in_epoch * cfg.micro_batch * accum, weights=weights)
             loader = DataLoader(dataset, batch_size=cfg.micro_batch, sampler=sampler,
                                 num_workers=cfg.num_workers, drop_last=True,
                                 persistent_workers=False, pin_memory=cuda)
@@ -309,16 +315,20 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
                                "grad_norm": f"{grad_norm.item():.4f}", "clips_per_s": f"{rate:.2f}",
                                "elapsed_s": f"{now - started:.1f}", **{k: f"{v:.6f}" for k, v in named.items()}})
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.1e}", clips_s=f"{rate:.1f}")
-            if main_proc and cfg.plot_every and step % cfg.plot_every == 0:
+            if main_proc and cfg.plot_every and (step % cfg.plot_every == 0 or step == 1):  # 1: the start
                 from .plots import save_reconstruction
                 shown = mask[-1] if mask.ndim == 3 else mask  # the mask of the pass that `pred` reconstructs
                 save_reconstruction(out / "plots" / f"step_{step:07d}.png", encoder, spec[0], shown[0],
                                     pred[0].detach(), step, loss_value)
             if main_proc and (step % cfg.ckpt_every == 0 or step == total):
-                state = dict(extra, last_loss=loss_value)
+                segment.update(to_step=step, wall_s=round(time.time() - started, 1))
+                state = dict(extra, last_loss=loss_value, segments=[*segments, segment])
                 if plateau is not None:
                     state["plateau"] = plateau.state_dict()
                 save_training_checkpoint(ckpt_path, encoder, cfg.frontend, optimizer, scaler, step, cfg, state)
+                from .plots import save_training_curve
+                save_training_curve(out / "training_curve.png", metrics.path, cfg.global_batch,
+                                    f"{cfg.preset}: loss after {step * cfg.global_batch:,} crops: {loss_value:.4f}")
     except KeyboardInterrupt:
         if main_proc:
             log.warning("interrupted at step %d; the last checkpoint is %s (rerun with --resume)",

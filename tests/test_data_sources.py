@@ -31,3 +31,43 @@ def test_the_corpus_builder_refuses_evaluation_packages(tmp_path):
     from pretrain.corpus import build
     with pytest.raises(ValueError, match="feed the evaluation suite"):
         build(tmp_path, ["supertux-data", "hydrogen-drumkits"])
+
+
+# The projects behind the mini suite's packages, spelled out here independently of
+# pretrain.debian, so a sibling package of the same game/kit/soundfont cannot slip in.
+SUITE_PROJECTS = ("hedgewars", "hydrogen", "fluid-soundfont")
+
+
+def _family(package, stems):
+    return any(package == s or package.startswith(s + "-") for s in stems)
+
+
+def test_pretraining_sources_avoid_the_evaluation_projects():
+    from pretrain.debian import is_eval_package
+    assert not [p for p in SOURCES if _family(p, SUITE_PROJECTS) or is_eval_package(p)]
+    assert all(is_eval_package(p) for p in EVAL_PACKAGES | set(mini.PACKAGES))
+    assert is_eval_package("hydrogen-drumkits-effects") and is_eval_package("hedgewars")
+    assert not is_eval_package("supertux-data") and not is_eval_package("hydrogenic-data")
+
+
+def test_pretraining_sources_avoid_the_held_out_projects():
+    # whole projects, not only the reserved packages: "widelands-data" -> any "widelands-*"
+    stems = {p.split("-")[0] for p in HELD_OUT}
+    assert len(stems) == len(HELD_OUT) - 1  # the two asterisk families share a stem
+    assert not [p for p in SOURCES if _family(p, stems)]
+
+
+def test_pretraining_sources_describe_each_package():
+    from pretrain.corpus import CATEGORIES
+    for package, source in SOURCES.items():
+        assert source.category in CATEGORIES and source.what and source.licence, package
+    # a mix, with speech: every category has packages
+    assert {s.category for s in SOURCES.values()} == set(CATEGORIES)
+
+
+def test_the_corpus_builder_refuses_the_evaluation_projects(tmp_path):
+    import pytest
+    from pretrain.corpus import build
+    with pytest.raises(ValueError, match="feed the evaluation suite"):
+        build(tmp_path, ["supertux-data", "hydrogen-drumkits-effects"])
+    assert not list(tmp_path.iterdir())  # refused before downloading anything

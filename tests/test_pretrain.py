@@ -207,6 +207,26 @@ def test_sampler_shards_epochs_across_processes_and_resumes_mid_epoch():
     assert [x[2] for x in full] != [x[2] for x in EpochSampler(10, 12, seed=1, epoch=3)]
 
 
+def test_length_weighted_sampler_draws_files_in_proportion_to_their_capped_length():
+    weights = torch.tensor([1.0, 5.0, 10.0, 0.0], dtype=torch.float64)  # e.g. min(1 s, 5 s, 60 s, cap 10 s)
+    full = list(EpochSampler(4, 32000, seed=3, epoch=0, weights=weights))
+    counts = np.bincount([x[2] for x in full], minlength=4) / len(full)
+    assert np.allclose(counts, [1 / 16, 5 / 16, 10 / 16, 0], atol=0.01)
+    assert list(EpochSampler(4, 32000, seed=3, epoch=0, start=777, weights=weights)) == full[777:]  # resume
+    shards = [list(EpochSampler(4, 32000, seed=3, epoch=0, rank=r, world=2, weights=weights)) for r in range(2)]
+    assert sorted(sum(shards, [])) == sorted(full)
+    assert [x[2] for x in full[:50]] != [x[2] for x in EpochSampler(4, 50, seed=3, epoch=1, weights=weights)]
+    with pytest.raises(ValueError, match="non-negative"):
+        EpochSampler(4, 10, seed=0, epoch=0, weights=torch.tensor([1.0, -1.0, 1.0, 1.0]))
+
+
+def test_length_weights_are_file_seconds_capped(tmp_path):
+    for name, seconds in [("short.wav", 0.5), ("long.wav", 3.0)]:
+        sf.write(tmp_path / name, np.zeros(int(seconds * 8000), np.float32) + 0.1, 8000)
+    ds = CropDataset(list_audio(tmp_path), crop_frames=50)
+    assert dict(zip([Path(f).name for f in ds.files], ds.length_weights(2.0).tolist())) == {"long.wav": 2.0, "short.wav": 0.5}
+
+
 @pytest.mark.parametrize("preset", ["ssam-tiny", "axlstm-tiny"])
 def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, preset):
     data = make_audio(tmp_path / "audio")
@@ -250,9 +270,11 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, preset):
 def test_plots_and_metrics_are_written(tmp_path):
     data = make_audio(tmp_path / "audio", n=6)
     train(tiny_config(max_steps=2, plot_every=2), str(data), tmp_path / "run")
-    png = tmp_path / "run" / "plots" / "step_0000002.png"
-    assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
-    assert any((tmp_path / "run" / "tb").iterdir())
+    run = tmp_path / "run"
+    # the start (step 1, before learning) and every plot_every steps; the loss curve at each checkpoint
+    for png in [run / "plots" / "step_0000001.png", run / "plots" / "step_0000002.png", run / "training_curve.png"]:
+        assert png.exists() and png.read_bytes()[:4] == b"\x89PNG", png
+    assert any((run / "tb").iterdir())
 
 
 def test_cli_errors_are_clear(tmp_path):
