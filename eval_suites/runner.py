@@ -41,6 +41,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -371,20 +372,49 @@ def _with_protocol(suite: Suite, protocol: Suite | None, grid: dict | None) -> S
     return suite
 
 
+def _weights_sha256(model: ModelSpec) -> str | None:
+    """sha256 of the checkpoint file a model runs (the bundled one for 'default'); None for a baseline."""
+    if model.baseline:
+        return None
+    if model.path:
+        path = Path(model.path)
+    else:
+        from hear_ssam.api import DEFAULT_CHECKPOINT  # imports torch: only when a run starts
+        path = DEFAULT_CHECKPOINT
+    if not path.exists():
+        return None  # the plugin's seeded random-init fallback
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _write_model_json(model: ModelSpec, suite: Suite, out: Path):
-    """NAME/model.json; the date is the first run's, so reruns leave the leaderboard as it was."""
-    path = out / model.name / "model.json"
+    """NAME/model.json; the date is the first run's, so reruns leave the leaderboard as it was.
+
+    Finished work is reused by model name, so a name whose checkpoint file changed (a new
+    bundled default, a retrained model) would mix old embeddings and scores with new ones:
+    its folder is cleared first, with a warning."""
+    folder = out / model.name
+    path = folder / "model.json"
     old = {}
     if path.exists():
         try:
             old = json.loads(path.read_text())
         except ValueError:
             pass
-    checkpoint = model.describe()
+    checkpoint, weights = model.describe(), _weights_sha256(model)
+    if folder.exists() and old.get("weights_sha256", weights) != weights:
+        log.warning("%s: its checkpoint changed since %s was made (sha256 %s... -> %s...): "
+                    "discarding its embeddings and scores", model.name, folder,
+                    str(old.get("weights_sha256"))[:12], str(weights)[:12])
+        shutil.rmtree(folder)
+        old = {}
     date = old.get("date") if old.get("checkpoint") == checkpoint else None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(
-        {"name": model.name, "checkpoint": checkpoint, "baseline": model.baseline,
+        {"name": model.name, "checkpoint": checkpoint, "weights_sha256": weights, "baseline": model.baseline,
          "suite": suite.name, "protocol": suite.protocol_text(),
          "date": date or time.strftime("%Y-%m-%d")}, indent=1))
 

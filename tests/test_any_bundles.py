@@ -206,3 +206,26 @@ def test_embeddings_are_bit_identical_run_to_run_and_a_failing_task_spares_the_o
         assert arrays == sorted(p.relative_to(second) for p in second.rglob("*.npy"))
         for rel in arrays:
             assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
+
+
+def test_a_model_whose_checkpoint_changed_starts_over(tmp_path, caplog):
+    """Finished work is reused by model name: a new file under the same name must not reuse it."""
+    from eval_suites.runner import _write_model_json
+    from eval_suites.suites import HEAREVAL_PROTOCOL
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"weights v1")
+    spec, out = ModelSpec.parse(f"m={ckpt}"), tmp_path / "out"
+    _write_model_json(spec, HEAREVAL_PROTOCOL, out)
+    done = out / "m" / "embeddings" / "hear_ssam" / "task" / ".done.embeddings"
+    done.parent.mkdir(parents=True)
+    done.touch()
+    _write_model_json(spec, HEAREVAL_PROTOCOL, out)  # same file: kept
+    assert done.exists()
+    ckpt.write_bytes(b"weights v2")
+    _write_model_json(spec, HEAREVAL_PROTOCOL, out)
+    assert not done.exists() and "checkpoint changed" in caplog.text
+    import hashlib
+    assert json.loads((out / "m" / "model.json").read_text())["weights_sha256"] == hashlib.sha256(b"weights v2").hexdigest()
+    logmel = ModelSpec.parse("logmel")
+    _write_model_json(logmel, HEAREVAL_PROTOCOL, out)
+    assert json.loads((out / "logmel" / "model.json").read_text())["weights_sha256"] is None

@@ -4,6 +4,7 @@ import pickle
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,7 +207,9 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
 
 # Embeddings of the bundled model computed by release 0.1.0 (commit d41e35d, checkpoint
 # format 1) on torch.rand(2, 52800, generator=manual_seed(123)) * 2 - 1: format-1 files
-# must keep loading to the same model.
+# must keep loading to the same model. That file (6,400 crops) was the bundled default until
+# issue 12 and is kept as results/checkpoints/ssam_tiny_release0.1.safetensors.
+RELEASE_0_1_FILE = Path(__file__).resolve().parents[1] / "results" / "checkpoints" / "ssam_tiny_release0.1.safetensors"
 RELEASE_0_1 = {
     "timestamp_sums": [124.39077169207485, 125.77208819614407],
     "first_frames": [0.46499279141426086, 0.4060624837875366, 0.6743435263633728, -2.1077189445495605,
@@ -217,19 +220,16 @@ RELEASE_0_1 = {
 }
 
 
-def test_format1_bundled_model_gives_the_embeddings_of_release_0_1():
-    import hear_ssam.api as api
-    if not api.DEFAULT_CHECKPOINT.exists():
-        pytest.skip("this install ships no bundled checkpoint")
+def test_format1_release_0_1_model_gives_the_embeddings_of_release_0_1():
     g = torch.Generator().manual_seed(123)
     audio = torch.rand(2, 52800, generator=g) * 2 - 1
-    model = hear_ssam.load_model()
+    model = hear_ssam.load_model(str(RELEASE_0_1_FILE))
     assert model.config["format"] == "hear_ssam/2" and model.config["family"] == "ssam"
     emb, _ = hear_ssam.get_timestamp_embeddings(audio, model)
     torch.testing.assert_close(emb.double().sum(dim=(1, 2)), torch.tensor(RELEASE_0_1["timestamp_sums"],
                                dtype=torch.float64), rtol=1e-5, atol=0)
     torch.testing.assert_close(emb[0, :3, :4].flatten(), torch.tensor(RELEASE_0_1["first_frames"]), rtol=1e-5, atol=1e-6)
-    emb, _ = hear_ssam.get_timestamp_embeddings(audio, hear_ssam.load_model(token_order="official"))
+    emb, _ = hear_ssam.get_timestamp_embeddings(audio, hear_ssam.load_model(str(RELEASE_0_1_FILE), token_order="official"))
     assert emb.shape == (2, 83, 960)
     torch.testing.assert_close(emb[1, :2, :4].flatten(), torch.tensor(RELEASE_0_1["official_order"]), rtol=1e-5, atol=1e-6)
 

@@ -303,3 +303,15 @@ def test_torchrun_ddp_two_processes_and_validator_on_the_export(tmp_path):
     v = subprocess.run([str(Path(sys.executable).parent / "hear-validator"), "hear_ssam", "--model",
                         str(run / "model.safetensors")], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert v.returncode == 0 and "Looks good!" in v.stdout, v.stderr[-2000:]
+
+
+def test_cpu_comparison_configs_share_one_budget_and_recipe():
+    """The main job compares encoders: their CPU configs may differ only in the preset."""
+    configs = {f: load_config(ROOT / "pretrain" / "configs" / f"{f}_tiny_cpu.yaml").to_dict()
+               for f in ("ssam", "ssast", "axlstm")}
+    for family, cfg in configs.items():
+        assert cfg.pop("preset") == f"{family}-tiny"
+    assert configs["ssast"] == configs["ssam"] == configs["axlstm"]
+    ssam = configs["ssam"]
+    assert ssam["max_steps"] * ssam["global_batch"] >= 64_000  # issue 12: 10x the 6,400 crops of release 0.1
+    assert TrainConfig.scaled_lr(ssam["base_lr"], ssam["global_batch"]) == pytest.approx(5e-4)
