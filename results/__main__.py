@@ -1,4 +1,4 @@
-"""python -m results aggregate RUNS --out DIR
+"""python -m results aggregate RUNS --out DIR [--model NAME ...]
 
 Writes leaderboard.csv (HEAR format), leaderboard.md, scores.csv, overall.csv and
 leaderboard.png into DIR and prints the Markdown leaderboard.
@@ -22,10 +22,12 @@ def main(argv=None):
     a.add_argument("--out", type=Path, default=Path("results"))
     a.add_argument("--url", default="", help="URL column of leaderboard.csv (where the models live)")
     a.add_argument("--date", help="Submission Date column of leaderboard.csv (default: each model's run date)")
+    a.add_argument("--model", action="append", dest="models", metavar="NAME",
+                   help="only this model folder of RUNS (repeatable; default: every model with scores)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
-        files = aggregate(args.runs, args.out, args.url, args.date)
+        files = aggregate(args.runs, args.out, args.url, args.date, args.models)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -92,10 +92,21 @@ def _specs(runs: Path, bundles) -> dict:
     return specs
 
 
-def collect(runs: Path) -> pd.DataFrame:
-    """One row per (model, bundle, seed) with the primary score."""
+def collect(runs: Path, models=None) -> pd.DataFrame:
+    """One row per (model, bundle, seed) with the primary score.
+
+    models: the model folders to read (default: every folder with scores). A run directory
+    keeps the folders of models an earlier run evaluated; naming the models keeps them out.
+    """
     runs = Path(runs)
     paths = sorted(runs.glob(f"*/seed*/*/{SCORES}"))
+    if models is not None:
+        found = {p.parent.parent.parent.name for p in paths}
+        missing = [m for m in models if m not in found]
+        if missing:
+            raise FileNotFoundError(f"no scores for model(s) {', '.join(missing)} under {runs} "
+                                    f"(models with scores: {', '.join(sorted(found)) or 'none'})")
+        paths = [p for p in paths if p.parent.parent.parent.name in set(models)]
     specs = _specs(runs, {p.parent.name for p in paths})
     rows = []
     for path in paths:
@@ -293,8 +304,8 @@ def plot(table: pd.DataFrame, path: Path, baselines: set = frozenset(), labels=N
     plt.close(fig)
 
 
-def aggregate(runs: Path, out: Path, url: str = "", date: str | None = None) -> dict:
-    raw = collect(Path(runs))
+def aggregate(runs: Path, out: Path, url: str = "", date: str | None = None, models=None) -> dict:
+    raw = collect(Path(runs), models)
     if raw.empty:
         raise FileNotFoundError(f"no {SCORES} under {runs}/*/seed*/*/ (run python -m eval_suites run first)")
     out = Path(out)

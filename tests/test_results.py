@@ -161,3 +161,18 @@ def test_a_given_date_replaces_the_run_dates(tmp_path):
     aggregate(tmp_path / "runs", tmp_path / "out", date="2026-01-02")
     lb = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
     assert list(lb["Submission Date"]) == ["2026-01-02"]
+
+
+def test_named_models_leave_out_other_folders_of_the_run(tmp_path):
+    runs = tmp_path / "runs"
+    _two_models(runs)
+    for seed in (0, 1):  # a model an earlier run evaluated, no longer in the job
+        _write(runs, "stale", seed, "esc50-v2.0.0-full", 0.9)
+    r = subprocess.run([sys.executable, "-m", "results", "aggregate", str(runs), "--out", str(tmp_path / "o"),
+                        "--model", "ssam", "--model", "logmel"],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert r.returncode == 0, r.stderr
+    assert set(pd.read_csv(tmp_path / "o" / "scores.csv").model) == {"ssam", "logmel"}
+    assert "stale" not in r.stdout
+    with pytest.raises(FileNotFoundError, match=r"model\(s\) ssast .*models with scores: logmel, ssam, stale"):
+        aggregate(runs, tmp_path / "p", models=["ssam", "ssast"])
