@@ -101,12 +101,12 @@ def collect(runs: Path, models=None) -> pd.DataFrame:
     runs = Path(runs)
     paths = sorted(runs.glob(f"*/seed*/*/{SCORES}"))
     if models is not None:
-        found = {p.parent.parent.parent.name for p in paths}
-        missing = [m for m in models if m not in found]
+        models, found = set(models), {p.parent.parent.parent.name for p in paths}
+        missing = sorted(models - found)
         if missing:
             raise FileNotFoundError(f"no scores for model(s) {', '.join(missing)} under {runs} "
                                     f"(models with scores: {', '.join(sorted(found)) or 'none'})")
-        paths = [p for p in paths if p.parent.parent.parent.name in set(models)]
+        paths = [p for p in paths if p.parent.parent.parent.name in models]
     specs = _specs(runs, {p.parent.name for p in paths})
     rows = []
     for path in paths:
