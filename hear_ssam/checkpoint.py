@@ -65,10 +65,18 @@ def save_checkpoint(path, encoder: SpectrogramEncoder, token_order="time-major",
     path = Path(path)
     config = make_config(encoder.cfg, frontend, token_order, provenance)
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    _write_atomic(path, tensors, config)
+    return config
+
+
+def _write_atomic(path: Path, tensors: dict, config: dict):
+    """safetensors file with the config in its metadata, written to a .tmp and renamed (a crash
+    never leaves a half-written file); missing parent folders are made, as a user expects of
+    `python -m hear_ssam init ... new_folder/model.safetensors`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
     os.replace(tmp, path)
-    return config
 
 
 def upgrade_v1(config: dict) -> dict:
@@ -235,9 +243,7 @@ def save_baseline(path, preset: str, frontend: FrontendConfig) -> dict:
     path = Path(path)
     config = {"format": FORMAT, "preset": preset, "family": BASELINE_FAMILY, "frontend": frontend.to_dict(),
               "provenance": {"weights": "none: a feature baseline"}}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({}, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
-    os.replace(tmp, path)
+    _write_atomic(path, {}, config)
     return config
 
 

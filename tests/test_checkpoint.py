@@ -135,6 +135,16 @@ def test_init_writes_each_preset(tmp_path):
         assert model.config["provenance"]["weights"] == "random init, seed 3"
 
 
+def test_init_and_baseline_make_missing_folders(tmp_path):
+    """`init` into a folder that does not exist yet writes the file (it used to fail inside
+    safetensors with a bare 'No such file or directory' on a .tmp name)."""
+    for preset in ("ssam-tiny", "logmel"):
+        out = tmp_path / "new" / preset / "model.safetensors"
+        assert cli(["init", preset, str(out)]) == 0
+        assert hear_ssam.load_model(str(out)).config["preset"] == preset
+        assert [p.name for p in out.parent.iterdir()] == ["model.safetensors"]  # no .tmp left
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(hear_ssam.CheckpointError, match="nope.safetensors: checkpoint file does not exist"):
         hear_ssam.load_model(str(tmp_path / "nope.safetensors"))
