@@ -49,7 +49,7 @@ class TrainConfig:
     mask_ratio: float = 0.5  # N - int(N * (1 - mask_ratio)) patches masked (SSAMBA: 300/512 = 0.5859375)
     objective: str = "mse_all"  # key of OBJECTIVES: MSE over all patches (official), "mse_masked", "ssast_joint"
     # runtime
-    precision: str = "fp16"  # fp16 | bf16 | fp32; autocast on CUDA only (CPU runs fp32)
+    precision: str = "fp16"  # fp16 | bf16 | fp32: autocast; on a CPU only bf16 (fp16 runs fp32 there)
     num_workers: int = 4
     seed: int = 0
     log_every: int = 10

@@ -11,6 +11,9 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,19 @@ from .seeds import derive_seed
 
 log = logging.getLogger("pretrain.data")
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3"}
+
+
+_FILLER = None  # the dataset a cache-filling worker process computes features for
+
+
+def _init_filler(dataset):
+    global _FILLER
+    torch.set_num_threads(1)  # one file per process: the processes are the parallelism
+    _FILLER = dataset
+
+
+def _fill_one(i):
+    return _FILLER._cache_one(i)
 
 
 def list_audio(source) -> list[str]:
@@ -160,19 +176,46 @@ class CropDataset(Dataset):
     def _cache_path(self, i) -> Path:
         return self.cache_dir / (hashlib.sha1(self.files[i].encode()).hexdigest() + ".npy")
 
-    def fill_cache(self):
-        """Compute missing whole-file features (call on one process; others wait at a barrier)."""
+    def fill_cache(self, workers: int | None = None):
+        """Compute the missing whole-file features with `workers` processes (default: every
+        core; the fill runs before training, on one rank, while the others wait at a barrier).
+        Decoding a long mp3 / ogg is single-threaded, so one process left a core idle for the
+        quarter of an hour the corpus's soundtracks take. Each file is written to a name of its
+        own process and renamed: an interrupted fill leaves no partial file, and a rerun (or a
+        second filler) computes only what is missing."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         todo = [i for i in range(len(self)) if not self._cache_path(i).exists()]
-        for i in tqdm(todo, desc="caching features", unit="file"):
-            try:
-                feats = self._whole_file_features(i).numpy().astype(np.float16)
-            except Exception as e:
-                log.warning("cannot cache %s: %s", self.files[i], e)
-                continue
-            tmp = self._cache_path(i).with_suffix(".tmp.npy")
-            np.save(tmp, feats)
-            tmp.replace(self._cache_path(i))
+        workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+        bar = tqdm(total=len(todo), desc=f"caching features ({workers} processes)", unit="file")
+        if workers == 1:
+            results = map(self._cache_one, todo)
+        else:  # spawn: a forked child of a process that already ran torch ops can hang in OpenMP
+            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                       initializer=_init_filler, initargs=(self,))
+            results = pool.map(_fill_one, todo)
+        try:
+            for file, error in results:
+                if error:
+                    log.warning("cannot cache %s: %s", file, error)
+                bar.update(1)
+        finally:
+            bar.close()
+            if workers > 1:
+                pool.shutdown(cancel_futures=True)
+
+    def _cache_one(self, i) -> tuple[str, str | None]:
+        """Write file i's fp16 features to the cache: (file, None) or (file, why it failed)."""
+        path = self._cache_path(i)
+        if path.exists():  # another filler got there first
+            return self.files[i], None
+        try:
+            feats = self._whole_file_features(i).numpy().astype(np.float16)
+        except Exception as e:
+            return self.files[i], str(e)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, feats)
+        tmp.replace(path)
+        return self.files[i], None
 
     def _cached(self, i, start=None) -> torch.Tensor:
         feats = np.load(self._cache_path(i), mmap_mode="r")

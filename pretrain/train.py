@@ -204,7 +204,9 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
         return lr_at(step, total, warmup, cfg.lr)
 
     optimizer = torch.optim.AdamW(param_groups(encoder, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
-    use_amp = cuda and cfg.precision != "fp32"
+    # Autocast: fp16 (with a GradScaler) or bf16 on CUDA; on CPU only bf16, which oneDNN runs
+    # natively where the CPU has AVX512-BF16 / AMX (a paper config's fp16 runs fp32 on a CPU).
+    use_amp = cfg.precision == "bf16" or (cuda and cfg.precision == "fp16")
     amp_dtype = torch.float16 if cfg.precision == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.precision == "fp16")
     step = 0

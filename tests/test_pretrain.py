@@ -153,6 +153,33 @@ def test_cached_and_uncached_crops_agree(tmp_path):
     assert not torch.equal(plain[(0, 0, long)], plain[(0, 1, long)])  # the crop start moves
 
 
+def test_parallel_cache_fill_matches_one_process_and_resumes(tmp_path):
+    """Two filler processes write the same bytes as one, leave no temporary file, and a fill
+    interrupted after some files (a stray .tmp beside them) computes only what is missing."""
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for k, rate in enumerate((16000, 22050, 44100, 16000, 8000)):
+        sf.write(folder / f"n{k}.wav", (0.2 * rng.standard_normal(int(rate * (1 + k)))).astype(np.float32), rate)
+    files = list_audio(folder)
+    one = CropDataset(files, cache_dir=tmp_path / "one")
+    one.fill_cache(workers=1)
+    two = CropDataset(files, cache_dir=tmp_path / "two")
+    two.fill_cache(workers=2)
+    names = sorted(p.name for p in one.cache_dir.iterdir())
+    assert names == sorted(p.name for p in two.cache_dir.iterdir()) and len(names) == len(files)
+    assert all(n.count(".") == 1 for n in names)  # <sha1>.npy only: no .tmp left
+    for n in names:
+        assert np.array_equal(np.load(one.cache_dir / n), np.load(two.cache_dir / n))
+    gone = two._cache_path(3)
+    gone.unlink()
+    (two.cache_dir / "stray.999.tmp.npy").write_bytes(b"half a file")
+    before = {p: p.stat().st_mtime_ns for p in two.cache_dir.glob("*.npy") if p.exists()}
+    two.fill_cache(workers=2)
+    assert np.array_equal(np.load(gone), np.load(one._cache_path(3)))
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # the others were not redone
+
+
 def test_kaldi_fbank_crops_are_whole_and_agree(tmp_path):
     """SSAMBA's frontend has no centre padding (fewer frames per clip): crops of 1024 frames
     are still whole at the end of a file, and the cache agrees with the audio path."""
