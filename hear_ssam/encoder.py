@@ -13,6 +13,12 @@ the sizes. Patching, positions, CLS/mask tokens and the head are shared here, an
 parameter names match the official checkpoints (`cls_token`, `pos_embed`, `blocks.i.*`,
 `encoder_norm`, `pred`).
 
+Stochastic depth (`drop_path_rate`, add-norm blocks, training mode only): Vim's per-sample
+drop of a block's incoming hidden where it joins the residual, at block i's rate
+([0] + linspace(0, drop_path_rate, depth))[i], and of the last hidden at the final add at the
+full rate; in a forward traversal mixer i's output is thus dropped at linspace(...)[i]. See
+`SpectrogramEncoder.__init__`; eval mode is unaffected.
+
 Traversals (`TRAVERSALS`): "forward" runs every block left to right; "alternate" flips the
 whole sequence (CLS included) around every odd block (AxLSTM); "flipped_pairs" runs each
 pair of blocks on the sequence and on its flip and adds the two streams (SSAMBA / Vim).
@@ -26,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .modules import BLOCKS
+from .modules import BLOCKS, DropPath
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +58,9 @@ class EncoderConfig:
     # a patch's pt x pf values in patchify's targets and the heads' outputs: "time-major"
     # (t * pf + f, SSAM) or "freq-major" (f * pt + t, SSAST's Unfold of the [F, T] spectrogram)
     patch_pixel_order: str = "time-major"
+    # Stochastic depth in training (Vim / SSAMBA: 0.1; SSAM, SSAST, AxLSTM: 0). Eval mode ignores
+    # it. Configs stored before this field load with 0: what the code that trained them did.
+    drop_path_rate: float = 0.0
 
     def __post_init__(self):
         if self.block not in BLOCKS:
@@ -68,6 +77,12 @@ class EncoderConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.final_norms < 1:
             raise ValueError(f"final_norms must be >= 1, got {self.final_norms}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.drop_path_rate and not getattr(BLOCKS[self.block], "supports_drop_path", False):
+            raise ValueError(f"drop_path_rate > 0 is implemented for the add-norm blocks "
+                             f"{sorted(k for k, b in BLOCKS.items() if getattr(b, 'supports_drop_path', False))}, "
+                             f"not for {self.block!r}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -179,7 +194,20 @@ class SpectrogramEncoder(nn.Module):
         else:
             self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, 1 + cfg.num_patches, D), std=0.02))
         options = {"norm_eps": cfg.norm_eps, **cfg.block_options}
-        self.blocks = nn.ModuleList(block_cls(D, **options) for _ in range(cfg.depth))
+        if getattr(block_cls, "supports_drop_path", False):
+            # Vim's schedule: mixer i's output is dropped at rate dpr[i], dpr = linspace(0, rate,
+            # depth) (torch's float32 linspace, as Vim computes it). An add-norm block drops the
+            # hidden it receives, i.e. the previous mixer's output, so block i gets dpr[i - 1]
+            # (Vim's inter_dpr = [0] + dpr) and the last mixer's output is dropped at the final
+            # add, at the full rate (`self.drop_path`). With flipped pairs, both blocks of a pair
+            # receive the previous pair's summed output and drop it independently, at their own
+            # rates (block 2i at dpr[2i - 1], block 2i + 1 at dpr[2i]), as in Vim / SSAMBA.
+            dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()  # not on "meta"
+            inter_dpr = [0.0] + dpr
+            self.blocks = nn.ModuleList(block_cls(D, drop_path=inter_dpr[i], **options) for i in range(cfg.depth))
+        else:
+            self.blocks = nn.ModuleList(block_cls(D, **options) for _ in range(cfg.depth))
+        self.drop_path = DropPath(cfg.drop_path_rate)  # the last mixer's output, at the final add
         self.encoder_norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.pred = nn.Sequential(nn.Linear(D, D), HEAD_ACTIVATIONS[cfg.head_activation](),
                                   nn.Linear(D, cfg.patch_dim))
@@ -213,6 +241,14 @@ class SpectrogramEncoder(nn.Module):
         table[:, :keep] = self.pos_embed.detach()[:, :keep].float().cpu()
         self.pos_embed = nn.Parameter(table.to(self.pos_embed.device, self.pos_embed.dtype), requires_grad=False)
         self.cfg = cfg
+
+    def set_drop_path_generator(self, generator: Optional[torch.Generator]) -> None:
+        """Draw the drop-path masks of the following training forwards from `generator` (a CPU
+        generator makes them device-independent; None: the global RNG, as timm). A training
+        loop that seeds it per step from its own seeds keeps a resumed run exact."""
+        for m in self.modules():
+            if isinstance(m, DropPath):
+                m.generator = generator
 
     @property
     def is_causal(self) -> bool:
@@ -272,7 +308,7 @@ class SpectrogramEncoder(nn.Module):
     def forward_blocks(self, x):
         """[B, 1 + N, D] tokens -> [B, 1 + N, D] after the blocks and encoder_norm."""
         hidden, residual = TRAVERSALS[self.cfg.traversal](self.blocks, x, None)
-        x = hidden if residual is None else residual + hidden
+        x = hidden if residual is None else residual + self.drop_path(hidden)
         for _ in range(self.cfg.final_norms):
             x = self.encoder_norm(x.to(self.encoder_norm.weight.dtype))
         return x

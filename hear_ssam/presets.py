@@ -135,14 +135,15 @@ FAMILIES = {f.name: f for f in (
     # SSAMBA: 24 bimamba-v2 layers in flipped pairs on 128-bin Kaldi fbank, 16x16 patches of
     # 10.24 s in frequency-major order, learned positions, final norm applied twice (as released).
     # Pretrained as SSAST: mask tokens replaced before the positions are added, a contrastive
-    # head `cpred` beside `pred`, patch values in SSAST's Unfold order (pretrain ssast_joint).
+    # head `cpred` beside `pred`, patch values in SSAST's Unfold order (pretrain ssast_joint),
+    # with Vim's stochastic depth 0.1 (run_mask_patch_amba.sh: drop_path_rate=0.1).
     Family(name="ssamba", title="SSAMBA (Shams et al. 2024, bidirectional Mamba in SSAST)", block="bimamba",
            block_options={"norm_eps": 1e-5, "d_state": 16, "d_conv": 4, "expand": 2},
            sizes=_SIZES, traversal="flipped_pairs", frontend=SSAMBA_FBANK, scene_pooling="tokens",
            encoder={"depth": 24, "crop_frames": 1024, "patch_time": 16, "patch_freq": 16, "norm_eps": 1e-5,
                     "patch_order": "freq-major", "positions": "learned", "final_norms": 2,
                     "head_activation": "relu", "mask_token_position": True, "contrastive_head": True,
-                    "patch_pixel_order": "freq-major"},
+                    "patch_pixel_order": "freq-major", "drop_path_rate": 0.1},
            detect=lambda state: "v.layers.0.mixer.A_b_log" in state,
            from_official=ssamba_keys, block_options_from_state=_mamba_options),
 )}

@@ -277,6 +277,9 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
                 masks = [make_mask(spec.shape[0], encoder.cfg.num_patches, cfg.mask_ratio, g, device, grid=grid)
                          for _ in range(n_masks)]  # one generator: the first mask is the same for any n_masks
                 mask = masks[0] if n_masks == 1 else torch.stack(masks)
+                if encoder.cfg.drop_path_rate:  # stochastic depth drawn from the run's seeds: resume stays exact
+                    encoder.set_drop_path_generator(
+                        torch.Generator().manual_seed(derive_seed("drop_path", cfg.seed, step, rank, micro)))
                 sync = contextlib.nullcontext() if (not ddp or micro == accum - 1) else model.no_sync()
                 with sync:
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):

@@ -165,13 +165,27 @@ class OfficialSSAMBA(nn.Module):
         x = F.pad(x, (0, 0, 0, max(0, frames - x.shape[0])))[:frames]  # zeros, then normalise
         return (x + 4.2677393) / (2 * 4.5689974)
 
-    def layer(self, i, h, r):
+    def layer(self, i, h, r, drop=lambda t, i: t):
         s = self.state
-        r = h if r is None else r + h
+        r = h if r is None else r + drop(h, i)
         normed = F.layer_norm(r, r.shape[-1:], s[f"v.layers.{i}.norm.weight"], s[f"v.layers.{i}.norm.bias"], eps=1e-5)
         return self.mixers[i](normed), r
 
-    def forward_tokens(self, fbank):
+    def forward_tokens(self, fbank, drop_path_rate=0.0, generator=None):
+        """Tokens [B, 1 + N, D]; with drop_path_rate > 0, a training forward with Vim's stochastic
+        depth (vim/models_mamba.py): layer i's Block drops the hidden it receives at
+        inter_dpr[i] = ([0] + linspace(0, rate, depth))[i] (not at the first pair, whose residual
+        is None), both layers of a pair with their own draw (the forward layer first), and the
+        final add drops the last pair's hidden at the full rate. Each drop: one draw per sample
+        from `generator`, kept samples scaled by 1 / (1 - p) (timm's DropPath)."""
+        inter_dpr = [0.0] + torch.linspace(0, drop_path_rate, self.depth).tolist()
+
+        def drop(t, i, p=None):
+            p = inter_dpr[i] if p is None else p
+            if p == 0:
+                return t
+            kept = torch.rand(t.shape[0], generator=generator) < 1 - p
+            return t * (kept.float() / (1 - p)).view(-1, 1, 1)
         s = self.state
         x = fbank.unsqueeze(1).transpose(2, 3)  # [B, 1, 128, T]
         x = F.conv2d(x, s["v.patch_embed.proj.weight"], s["v.patch_embed.proj.bias"], stride=16)
@@ -179,8 +193,8 @@ class OfficialSSAMBA(nn.Module):
         x = torch.cat([s["v.cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + s["v.pos_embed"]
         h, r = x, None
         for i in range(0, self.depth, 2):
-            h_f, r_f = self.layer(i, h, r)
-            h_b, r_b = self.layer(i + 1, h.flip(1), None if r is None else r.flip(1))
+            h_f, r_f = self.layer(i, h, r, drop)
+            h_b, r_b = self.layer(i + 1, h.flip(1), None if r is None else r.flip(1), drop)
             h, r = h_f + h_b.flip(1), r_f + r_b.flip(1)
         norm = lambda t: F.layer_norm(t, t.shape[-1:], s["v.norm_f.weight"], s["v.norm_f.bias"], eps=1e-5)  # noqa: E731
-        return norm(norm(r + h))
+        return norm(norm(r + drop(h, None, p=drop_path_rate)))

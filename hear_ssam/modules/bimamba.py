@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan
+from .drop_path import DropPath
 from .mamba import Mamba, MambaBlock
 
 DT_B_INITS = ("vim", "mamba")
@@ -90,16 +91,18 @@ class BiMamba(Mamba):
 
 class BiMambaBlock(nn.Module):
     """Vim's Block around `BiMamba`, as SSAMBA configures it (LayerNorm with bias, eps 1e-5; no
-    RMSNorm, no fused add-norm): residual += hidden; hidden = mixer(norm(residual)). The stream
-    is hidden + residual, the residual kept in fp32. Drop-path (SSAMBA trains with 0.1) is not
-    part of the block."""
+    RMSNorm, no fused add-norm): residual += drop_path(hidden); hidden = mixer(norm(residual)).
+    The stream is hidden + residual, the residual kept in fp32. `drop_path` is Vim's, placed as
+    in `MambaBlock` (SSAMBA trains with drop_path_rate 0.1; the encoder sets each block's rate)."""
     causal = False  # the backward scan makes every token depend on every other
+    supports_drop_path = True
 
     def __init__(self, dim: int, norm_eps: float = 1e-5, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 dt_b_init: str = "vim"):
+                 dt_b_init: str = "vim", drop_path: float = 0.0):
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.mixer = BiMamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, dt_b_init=dt_b_init)
+        self.drop_path = DropPath(drop_path)
 
     forward = MambaBlock.forward  # the same add -> norm -> mixer step
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan
+from .drop_path import DropPath
 
 
 class Mamba(nn.Module):
@@ -69,17 +70,25 @@ class MambaBlock(nn.Module):
 
     The stream is hidden + residual; the residual is kept in fp32 (as mamba_ssm's
     `residual_in_fp32`).
+
+    `drop_path` (Vim's Block; 0 = mamba_ssm's): in training, the incoming hidden, i.e. the
+    previous block's mixer output, is dropped per sample at this rate before it is added to
+    the residual (at the first block, residual None, nothing is dropped). The encoder gives
+    block i the rate of mixer i - 1 and drops the last mixer's output itself.
     """
     causal = True  # output token k depends only on tokens <= k
+    supports_drop_path = True  # takes `drop_path=`, applied Vim's way (see above)
 
-    def __init__(self, dim: int, norm_eps: float = 1e-6, d_state: int = 16, d_conv: int = 4, expand: int = 2):
+    def __init__(self, dim: int, norm_eps: float = 1e-6, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 drop_path: float = 0.0):
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.mixer = Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, hidden, residual):
         """hidden, residual: [B, L, D] (residual None at the first block) -> (hidden, residual)."""
-        residual = hidden if residual is None else residual + hidden
+        residual = hidden if residual is None else residual + self.drop_path(hidden)
         hidden = self.norm(residual.to(self.norm.weight.dtype))
         return self.mixer(hidden), residual.float()
 

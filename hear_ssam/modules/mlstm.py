@@ -242,6 +242,7 @@ class mLSTMBlock(nn.Module):
     ("auto" by default; see ``mLSTMLayer``).
     """
     causal = True
+    supports_drop_path = False
 
     def __init__(self, dim: int, norm_eps: float = 1e-5, num_heads: int = 4, expansion: int = 2,
                  conv_kernel: int = 4, qkv_block_size: int = 4, **unused_never):

@@ -33,6 +33,7 @@ class Mlp(nn.Module):
 class ViTBlock(nn.Module):
     """x += attn(norm1(x)); x += mlp(norm2(x)). The whole stream travels in `hidden`."""
     causal = False  # attention sees every token
+    supports_drop_path = False  # (timm's per-branch placement is not implemented)
 
     def __init__(self, dim: int, norm_eps: float = 1e-6, num_heads: int = 3, mlp_ratio: float = 4.0):
         super().__init__()
