@@ -186,7 +186,7 @@ class CropDataset(Dataset):
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         todo = [i for i in range(len(self)) if not self._cache_path(i).exists()]
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-        bar = tqdm(total=len(todo), desc=f"caching features ({workers} processes)", unit="file")
+        bar = tqdm(total=len(todo), desc=f"caching features ({workers} process{'es' if workers > 1 else ''})", unit="file")
         if workers == 1:
             results = map(self._cache_one, todo)
         else:  # spawn: a forked child of a process that already ran torch ops can hang in OpenMP
