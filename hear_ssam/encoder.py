@@ -35,6 +35,11 @@ import torch.nn as nn
 from .modules import BLOCKS, DropPath
 
 
+def supports_drop_path(block_cls) -> bool:
+    """Whether a BLOCKS entry takes `drop_path=` (the block contract in hear_ssam.modules)."""
+    return getattr(block_cls, "supports_drop_path", False)
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
     """Architecture of one encoder. Defaults: ssam-tiny."""
@@ -79,9 +84,9 @@ class EncoderConfig:
             raise ValueError(f"final_norms must be >= 1, got {self.final_norms}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if self.drop_path_rate and not getattr(BLOCKS[self.block], "supports_drop_path", False):
+        if self.drop_path_rate and not supports_drop_path(BLOCKS[self.block]):
             raise ValueError(f"drop_path_rate > 0 is implemented for the add-norm blocks "
-                             f"{sorted(k for k, b in BLOCKS.items() if getattr(b, 'supports_drop_path', False))}, "
+                             f"{sorted(k for k, b in BLOCKS.items() if supports_drop_path(b))}, "
                              f"not for {self.block!r}")
 
     @property
@@ -194,7 +199,7 @@ class SpectrogramEncoder(nn.Module):
         else:
             self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, 1 + cfg.num_patches, D), std=0.02))
         options = {"norm_eps": cfg.norm_eps, **cfg.block_options}
-        if getattr(block_cls, "supports_drop_path", False):
+        if supports_drop_path(block_cls):
             # Vim's schedule: mixer i's output is dropped at rate dpr[i], dpr = linspace(0, rate,
             # depth) (torch's float32 linspace, as Vim computes it). An add-norm block drops the
             # hidden it receives, i.e. the previous mixer's output, so block i gets dpr[i - 1]
