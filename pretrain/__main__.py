@@ -61,6 +61,11 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        from .train import Stopped  # imported here: `corpus` and `export` need no torch loop
+        if isinstance(e, Stopped):
+            return 128 + e.signum  # the shell's code for death by that signal
+        raise
     return 0
 
 

@@ -9,8 +9,11 @@ masking and the objective are named choices (pretrain/objectives.py; SSAM's reci
 unstructured, MSE over all patches; SSAMBA's: cluster masking, SSAST's joint InfoNCE + MSE).
 The lr warms up linearly, then follows a half-cosine (SSAM) or a plateau schedule (SSAMBA).
 Checkpoints (pretrain/checkpoints.py) are one safetensors file written atomically every
-`ckpt_every` steps; `--resume` continues exactly (data order, crops and masks are all
-functions of the seed and the step; the plateau schedule's state is saved in the metadata).
+`ckpt_every` steps and when the run is asked to stop (SIGTERM, as sent by `timeout`, batch
+schedulers and torchrun, or a first Ctrl-C: the current step finishes, is saved, and the
+process exits 128 + the signal number; a second Ctrl-C interrupts at once); `--resume`
+continues exactly (data order, crops and masks are all functions of the seed and the step;
+the plateau schedule's state is saved in the metadata).
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import csv
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -151,6 +156,48 @@ class MetricsLog:
             self.tb.close()
 
 
+class Stopped(Exception):
+    """The run stopped early on a signal, after saving its checkpoint: `--resume` continues it."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.step = signum, step
+
+
+class StopRequest:
+    """SIGTERM or a first SIGINT asks the loop to stop at the end of the current step (so that
+    it can save the step it paid for); a second SIGINT interrupts at once. Handlers can only be
+    installed from the main thread: elsewhere (a notebook's worker thread) signals keep their
+    usual meaning and only the periodic checkpoints protect the run."""
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s: stopping after this step and saving a checkpoint (Ctrl-C again to "
+                    "interrupt at once)", signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def ignore_sigint(worker_id: int):
+    """DataLoader workers share the terminal's process group: Ctrl-C reaches them too, and a
+    worker that exits on it would fail the step the main process is finishing to save."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # ------------------------------------------------------------------ the loop
 
 def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_dir=None,
@@ -256,7 +303,7 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
             sampler = EpochSampler(len(dataset), steps_per_epoch * cfg.global_batch, cfg.seed, epoch,
                                    rank, world, start=in_epoch * cfg.micro_batch * accum, weights=weights)
             loader = DataLoader(dataset, batch_size=cfg.micro_batch, sampler=sampler,
-                                num_workers=cfg.num_workers, drop_last=True,
+                                num_workers=cfg.num_workers, drop_last=True, worker_init_fn=ignore_sigint,
                                 persistent_workers=False, pin_memory=cuda)
             for batch in loader:
                 yield epoch, batch
@@ -264,76 +311,83 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
 
     loss_value = float("nan")
     stream = batches_from(step)
+    stop = StopRequest()
     try:
-        while step < total:
-            lr = lr_for(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            sums = torch.zeros(1 + len(metric_names), device=device)  # loss, then the objective's metrics
-            for micro in range(accum):
-                epoch, spec = next(stream)
-                spec = spec.to(device, non_blocking=True)
-                g = torch.Generator().manual_seed(derive_seed("mask", cfg.seed, step, rank, micro))
-                masks = [make_mask(spec.shape[0], encoder.cfg.num_patches, cfg.mask_ratio, g, device, grid=grid)
-                         for _ in range(n_masks)]  # one generator: the first mask is the same for any n_masks
-                mask = masks[0] if n_masks == 1 else torch.stack(masks)
-                if encoder.cfg.drop_path_rate:  # stochastic depth drawn from the run's seeds: resume stays exact
-                    encoder.set_drop_path_generator(
-                        torch.Generator().manual_seed(derive_seed("drop_path", cfg.seed, step, rank, micro)))
-                sync = contextlib.nullcontext() if (not ddp or micro == accum - 1) else model.no_sync()
-                with sync:
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                        loss, pred = model(spec, mask)
-                    scaler.scale(loss / accum).backward()
-                sums[0] += loss.detach().float() / accum
-                for i, name in enumerate(metric_names):
-                    sums[1 + i] += core.metrics[name].float() / accum
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(encoder.parameters(), float("inf"))
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            clips_since += cfg.global_batch
-            if ddp:
-                dist.all_reduce(sums)  # gloo has no AVG
-                sums /= world
-            values = sums.tolist()
-            loss_value, named = values[0], dict(zip(metric_names, values[1:]))
-            if not math.isfinite(loss_value) and not scaler.is_enabled():
-                raise FloatingPointError(f"loss became {loss_value} at step {step}")
-            if plateau is not None:
-                plateau.observe(named["acc"] if cfg.plateau_metric == "accuracy" else loss_value)
-                if step % cfg.plateau_every == 0:
-                    scale = plateau.scale
-                    mean = plateau.step()
-                    if main_proc and plateau.scale != scale:
-                        log.info("step %d: mean %s %s, no better than %.4f for %d checks: lr x %g (now %.2e)",
-                                 step, cfg.plateau_metric, "nan" if mean is None else f"{mean:.4f}",
-                                 plateau.best, cfg.plateau_patience + 1, cfg.plateau_factor, cfg.lr * plateau.scale)
-            bar.update(1)
-            if main_proc and (step % cfg.log_every == 0 or step == total):
-                now = time.time()
-                rate = clips_since / max(1e-9, now - t_last)
-                clips_since, t_last = 0, now
-                metrics.write({"step": step, "epoch": epoch, "loss": f"{loss_value:.6f}", "lr": f"{lr:.6e}",
-                               "grad_norm": f"{grad_norm.item():.4f}", "clips_per_s": f"{rate:.2f}",
-                               "elapsed_s": f"{now - started:.1f}", **{k: f"{v:.6f}" for k, v in named.items()}})
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.1e}", clips_s=f"{rate:.1f}")
-            if main_proc and cfg.plot_every and (step % cfg.plot_every == 0 or step == 1):  # 1: the start
-                from .plots import save_reconstruction
-                shown = mask[-1] if mask.ndim == 3 else mask  # the mask of the pass that `pred` reconstructs
-                save_reconstruction(out / "plots" / f"step_{step:07d}.png", encoder, spec[0], shown[0],
-                                    pred[0].detach(), step, loss_value)
-            if main_proc and (step % cfg.ckpt_every == 0 or step == total):
-                segment.update(to_step=step, wall_s=round(time.time() - started, 1))
-                state = dict(extra, last_loss=loss_value, segments=[*segments, segment])
+        with stop:
+            stopping = False
+            while step < total and not stopping:
+                lr = lr_for(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                # loss, then the objective's metrics, then whether a stop was asked for (summed over
+                # the processes with the rest: every rank stops at the same step)
+                sums = torch.zeros(2 + len(metric_names), device=device)
+                for micro in range(accum):
+                    epoch, spec = next(stream)
+                    spec = spec.to(device, non_blocking=True)
+                    g = torch.Generator().manual_seed(derive_seed("mask", cfg.seed, step, rank, micro))
+                    masks = [make_mask(spec.shape[0], encoder.cfg.num_patches, cfg.mask_ratio, g, device, grid=grid)
+                             for _ in range(n_masks)]  # one generator: the first mask is the same for any n_masks
+                    mask = masks[0] if n_masks == 1 else torch.stack(masks)
+                    if encoder.cfg.drop_path_rate:  # stochastic depth drawn from the run's seeds: resume stays exact
+                        encoder.set_drop_path_generator(
+                            torch.Generator().manual_seed(derive_seed("drop_path", cfg.seed, step, rank, micro)))
+                    sync = contextlib.nullcontext() if (not ddp or micro == accum - 1) else model.no_sync()
+                    with sync:
+                        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                            loss, pred = model(spec, mask)
+                        scaler.scale(loss / accum).backward()
+                    sums[0] += loss.detach().float() / accum
+                    for i, name in enumerate(metric_names):
+                        sums[1 + i] += core.metrics[name].float() / accum
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(encoder.parameters(), float("inf"))
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                clips_since += cfg.global_batch
+                sums[-1] = float(stop.signum is not None)
+                if ddp:
+                    dist.all_reduce(sums)  # gloo has no AVG
+                    sums /= world
+                values = sums.tolist()
+                loss_value, named = values[0], dict(zip(metric_names, values[1:-1]))
+                stopping = values[-1] > 0
+                if not math.isfinite(loss_value) and not scaler.is_enabled():
+                    raise FloatingPointError(f"loss became {loss_value} at step {step}")
                 if plateau is not None:
-                    state["plateau"] = plateau.state_dict()
-                save_training_checkpoint(ckpt_path, encoder, cfg.frontend, optimizer, scaler, step, cfg, state)
-                from .plots import save_training_curve
-                save_training_curve(out / "training_curve.png", metrics.path, cfg.global_batch,
-                                    f"{cfg.preset}: loss after {step * cfg.global_batch:,} crops: {loss_value:.4f}")
+                    plateau.observe(named["acc"] if cfg.plateau_metric == "accuracy" else loss_value)
+                    if step % cfg.plateau_every == 0:
+                        scale = plateau.scale
+                        mean = plateau.step()
+                        if main_proc and plateau.scale != scale:
+                            log.info("step %d: mean %s %s, no better than %.4f for %d checks: lr x %g (now %.2e)",
+                                     step, cfg.plateau_metric, "nan" if mean is None else f"{mean:.4f}",
+                                     plateau.best, cfg.plateau_patience + 1, cfg.plateau_factor, cfg.lr * plateau.scale)
+                bar.update(1)
+                if main_proc and (step % cfg.log_every == 0 or step == total):
+                    now = time.time()
+                    rate = clips_since / max(1e-9, now - t_last)
+                    clips_since, t_last = 0, now
+                    metrics.write({"step": step, "epoch": epoch, "loss": f"{loss_value:.6f}", "lr": f"{lr:.6e}",
+                                   "grad_norm": f"{grad_norm.item():.4f}", "clips_per_s": f"{rate:.2f}",
+                                   "elapsed_s": f"{now - started:.1f}", **{k: f"{v:.6f}" for k, v in named.items()}})
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.1e}", clips_s=f"{rate:.1f}")
+                if main_proc and cfg.plot_every and (step % cfg.plot_every == 0 or step == 1):  # 1: the start
+                    from .plots import save_reconstruction
+                    shown = mask[-1] if mask.ndim == 3 else mask  # the mask of the pass that `pred` reconstructs
+                    save_reconstruction(out / "plots" / f"step_{step:07d}.png", encoder, spec[0], shown[0],
+                                        pred[0].detach(), step, loss_value)
+                if main_proc and (step % cfg.ckpt_every == 0 or step == total or stopping):
+                    segment.update(to_step=step, wall_s=round(time.time() - started, 1))
+                    state = dict(extra, last_loss=loss_value, segments=[*segments, segment])
+                    if plateau is not None:
+                        state["plateau"] = plateau.state_dict()
+                    save_training_checkpoint(ckpt_path, encoder, cfg.frontend, optimizer, scaler, step, cfg, state)
+                    from .plots import save_training_curve
+                    save_training_curve(out / "training_curve.png", metrics.path, cfg.global_batch,
+                                        f"{cfg.preset}: loss after {step * cfg.global_batch:,} crops: {loss_value:.4f}")
     except KeyboardInterrupt:
         if main_proc:
             log.warning("interrupted at step %d; the last checkpoint is %s (rerun with --resume)",
@@ -346,6 +400,11 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
         if ddp:
             dist.destroy_process_group()
 
+    if step < total:  # stopped on a signal, its step saved
+        if main_proc:
+            log.warning("stopped at step %d of %d; checkpoint %s (rerun with --resume to continue)",
+                        step, total, ckpt_path)
+        raise Stopped(stop.signum or signal.SIGTERM, step)  # another rank's signal: the same stop
     model_path = out / "model.safetensors"
     if main_proc:
         export(ckpt_path, model_path)

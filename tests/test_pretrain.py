@@ -311,6 +311,44 @@ def test_cli_errors_are_clear(tmp_path):
     assert r.returncode == 2 and "no such folder or manifest" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_stop_signal_saves_the_step_and_resume_continues_from_it(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, DataLoader worker included) and SIGTERM (what
+    `timeout` sends): the step in progress finishes, is checkpointed, the exit code names the
+    signal, and --resume starts from exactly that step, not the last periodic checkpoint."""
+    import signal
+    import time
+    from pretrain.checkpoints import load_training_checkpoint
+    data = make_audio(tmp_path / "audio")
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+
+    def start_then_signal(sig, extra, after_rows):
+        p = subprocess.Popen([sys.executable, "-m", "pretrain", "train", "--data", str(data), "--out", str(run),
+                              *extra, "--set", "preset=ssam-tiny", f"encoder_overrides={TINY}",
+                              "global_batch=4", "micro_batch=2", "epoch_clips=8", "max_steps=100000",
+                              "num_workers=1", "log_every=1", "ckpt_every=100000", "plot_every=0",
+                              "precision=fp32"],
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, start_new_session=True)
+        deadline = time.time() + 300
+        while p.poll() is None and time.time() < deadline:
+            if (run / "metrics.csv").exists() and len(losses(run)) >= after_rows:
+                break
+            time.sleep(0.2)
+        assert p.poll() is None, p.stderr.read()[-3000:]
+        os.killpg(p.pid, sig) if sig == signal.SIGINT else p.send_signal(sig)
+        err = p.communicate(timeout=120)[1]
+        return p.returncode, err
+
+    rc, err = start_then_signal(signal.SIGINT, [], after_rows=3)
+    saved = load_training_checkpoint(run / CHECKPOINT)[0]["step"]
+    assert rc == 130 and f"stopped at step {saved} of 100000" in err and "Traceback" not in err, err[-3000:]
+    assert saved >= 3 and saved == losses(run)[-1][0]  # the step it was in, not a periodic checkpoint
+    rc, err = start_then_signal(signal.SIGTERM, ["--resume"], after_rows=saved + 2)
+    assert f"resumed from {run / CHECKPOINT} at step {saved}" in err, err[-3000:]
+    again = load_training_checkpoint(run / CHECKPOINT)[0]["step"]
+    assert rc == 128 + signal.SIGTERM and f"stopped at step {again}" in err and again >= saved + 2
+
+
 @pytest.mark.slow
 def test_torchrun_ddp_two_processes_and_validator_on_the_export(tmp_path):
     data = make_audio(tmp_path / "audio")
