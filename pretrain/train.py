@@ -294,7 +294,8 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
     extra = {"data": str(data), "files": len(dataset), "data_hours": round(dataset.hours, 3),
              "skipped_files": len(dataset.skipped), "command": command, **corpus_info(data)}
     segment = {"hardware": hardware(device, world), "git_commit": git_commit(), "from_step": step,
-               "to_step": step, "wall_s": 0.0}
+               "to_step": step, "wall_s": 0.0,
+               "precision": cfg.precision if use_amp else "fp32"}  # what ran: fp16 configs run fp32 on CPUs
 
     def batches_from(step):
         """Micro-batches from `step` on, epoch by epoch (each epoch its own deterministic order)."""

@@ -291,7 +291,21 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, preset):
     model = hear_ssam.load_model(str(tmp_path / "resumed" / "model.safetensors"))
     assert model.config["provenance"]["steps"] == 6
     assert model.config["provenance"]["data_files"] == 12
+    # one provenance segment per start, with what ran there
+    assert [(g["from_step"], g["to_step"], g["precision"]) for g in model.config["provenance"]["segments"]] \
+        == [(0, 3, "fp32"), (3, 6, "fp32")]
     assert model.config["preset"] is None and model.config["family"] == preset.split("-")[0]  # a tiny variant
+
+
+@pytest.mark.parametrize("precision, ran", [("bf16", "bf16"), ("fp16", "fp32")])
+def test_provenance_records_the_precision_that_ran(tmp_path, precision, ran):
+    """On a CPU bf16 autocast runs and a paper config's fp16 falls back to fp32: the
+    provenance says which, not what the config asked for."""
+    if torch.cuda.is_available():
+        pytest.skip("the CPU fallback is what is tested")
+    data = make_audio(tmp_path / "audio", n=6)
+    path = train(tiny_config(max_steps=1, precision=precision), str(data), tmp_path / "run")
+    assert [g["precision"] for g in hear_ssam.load_model(str(path)).config["provenance"]["segments"]] == [ran]
 
 
 def test_plots_and_metrics_are_written(tmp_path):
