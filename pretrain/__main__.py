@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -59,13 +60,8 @@ def main(argv=None):
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
-    except Exception as e:
-        from .train import Stopped  # imported here: `corpus` and `export` need no torch loop
-        if isinstance(e, Stopped):
-            return 128 + e.signum  # the shell's code for death by that signal
-        raise
+    except KeyboardInterrupt as e:  # Ctrl-C, or train's Stopped after saving: the shell's code for that signal
+        return 128 + getattr(e, "signum", signal.SIGINT)
     return 0
 
 

@@ -156,7 +156,7 @@ class MetricsLog:
             self.tb.close()
 
 
-class Stopped(Exception):
+class Stopped(KeyboardInterrupt):
     """The run stopped early on a signal, after saving its checkpoint: `--resume` continues it."""
 
     def __init__(self, signum: int, step: int):
@@ -174,11 +174,10 @@ class StopRequest:
         self.signum = None
         self.previous = {}
 
-    def __enter__(self):
+    def install(self):
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 self.previous[s] = signal.signal(s, self._handle)
-        return self
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
@@ -187,7 +186,7 @@ class StopRequest:
         log.warning("%s: stopping after this step and saving a checkpoint (Ctrl-C again to "
                     "interrupt at once)", signal.Signals(signum).name)
 
-    def __exit__(self, *exc):
+    def restore(self):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
 
@@ -312,89 +311,89 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
 
     loss_value = float("nan")
     stream = batches_from(step)
-    stop = StopRequest()
+    stop, stopping = StopRequest(), False
+    stop.install()
     try:
-        with stop:
-            stopping = False
-            while step < total and not stopping:
-                lr = lr_for(step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                # loss, then the objective's metrics, then whether a stop was asked for (summed over
-                # the processes with the rest: every rank stops at the same step)
-                sums = torch.zeros(2 + len(metric_names), device=device)
-                for micro in range(accum):
-                    epoch, spec = next(stream)
-                    spec = spec.to(device, non_blocking=True)
-                    g = torch.Generator().manual_seed(derive_seed("mask", cfg.seed, step, rank, micro))
-                    masks = [make_mask(spec.shape[0], encoder.cfg.num_patches, cfg.mask_ratio, g, device, grid=grid)
-                             for _ in range(n_masks)]  # one generator: the first mask is the same for any n_masks
-                    mask = masks[0] if n_masks == 1 else torch.stack(masks)
-                    if encoder.cfg.drop_path_rate:  # stochastic depth drawn from the run's seeds: resume stays exact
-                        encoder.set_drop_path_generator(
-                            torch.Generator().manual_seed(derive_seed("drop_path", cfg.seed, step, rank, micro)))
-                    sync = contextlib.nullcontext() if (not ddp or micro == accum - 1) else model.no_sync()
-                    with sync:
-                        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                            loss, pred = model(spec, mask)
-                        scaler.scale(loss / accum).backward()
-                    sums[0] += loss.detach().float() / accum
-                    for i, name in enumerate(metric_names):
-                        sums[1 + i] += core.metrics[name].float() / accum
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(encoder.parameters(), float("inf"))
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                clips_since += cfg.global_batch
-                sums[-1] = float(stop.signum is not None)
-                if ddp:
-                    dist.all_reduce(sums)  # gloo has no AVG
-                    sums /= world
-                values = sums.tolist()
-                loss_value, named = values[0], dict(zip(metric_names, values[1:-1]))
-                stopping = values[-1] > 0
-                if not math.isfinite(loss_value) and not scaler.is_enabled():
-                    raise FloatingPointError(f"loss became {loss_value} at step {step}")
+        while step < total and not stopping:
+            lr = lr_for(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # loss, then the objective's metrics, then whether a stop was asked for (summed over
+            # the processes with the rest: every rank stops at the same step)
+            sums = torch.zeros(2 + len(metric_names), device=device)
+            for micro in range(accum):
+                epoch, spec = next(stream)
+                spec = spec.to(device, non_blocking=True)
+                g = torch.Generator().manual_seed(derive_seed("mask", cfg.seed, step, rank, micro))
+                masks = [make_mask(spec.shape[0], encoder.cfg.num_patches, cfg.mask_ratio, g, device, grid=grid)
+                         for _ in range(n_masks)]  # one generator: the first mask is the same for any n_masks
+                mask = masks[0] if n_masks == 1 else torch.stack(masks)
+                if encoder.cfg.drop_path_rate:  # stochastic depth drawn from the run's seeds: resume stays exact
+                    encoder.set_drop_path_generator(
+                        torch.Generator().manual_seed(derive_seed("drop_path", cfg.seed, step, rank, micro)))
+                sync = contextlib.nullcontext() if (not ddp or micro == accum - 1) else model.no_sync()
+                with sync:
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        loss, pred = model(spec, mask)
+                    scaler.scale(loss / accum).backward()
+                sums[0] += loss.detach().float() / accum
+                for i, name in enumerate(metric_names):
+                    sums[1 + i] += core.metrics[name].float() / accum
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(encoder.parameters(), float("inf"))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            clips_since += cfg.global_batch
+            sums[-1] = float(stop.signum is not None)
+            if ddp:
+                dist.all_reduce(sums)  # gloo has no AVG
+                sums /= world
+            values = sums.tolist()
+            loss_value, named = values[0], dict(zip(metric_names, values[1:-1]))
+            stopping = values[-1] > 0
+            if not math.isfinite(loss_value) and not scaler.is_enabled():
+                raise FloatingPointError(f"loss became {loss_value} at step {step}")
+            if plateau is not None:
+                plateau.observe(named["acc"] if cfg.plateau_metric == "accuracy" else loss_value)
+                if step % cfg.plateau_every == 0:
+                    scale = plateau.scale
+                    mean = plateau.step()
+                    if main_proc and plateau.scale != scale:
+                        log.info("step %d: mean %s %s, no better than %.4f for %d checks: lr x %g (now %.2e)",
+                                 step, cfg.plateau_metric, "nan" if mean is None else f"{mean:.4f}",
+                                 plateau.best, cfg.plateau_patience + 1, cfg.plateau_factor, cfg.lr * plateau.scale)
+            bar.update(1)
+            if main_proc and (step % cfg.log_every == 0 or step == total):
+                now = time.time()
+                rate = clips_since / max(1e-9, now - t_last)
+                clips_since, t_last = 0, now
+                metrics.write({"step": step, "epoch": epoch, "loss": f"{loss_value:.6f}", "lr": f"{lr:.6e}",
+                               "grad_norm": f"{grad_norm.item():.4f}", "clips_per_s": f"{rate:.2f}",
+                               "elapsed_s": f"{now - started:.1f}", **{k: f"{v:.6f}" for k, v in named.items()}})
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.1e}", clips_s=f"{rate:.1f}")
+            if main_proc and cfg.plot_every and (step % cfg.plot_every == 0 or step == 1):  # 1: the start
+                from .plots import save_reconstruction
+                shown = mask[-1] if mask.ndim == 3 else mask  # the mask of the pass that `pred` reconstructs
+                save_reconstruction(out / "plots" / f"step_{step:07d}.png", encoder, spec[0], shown[0],
+                                    pred[0].detach(), step, loss_value)
+            if main_proc and (step % cfg.ckpt_every == 0 or step == total or stopping):
+                segment.update(to_step=step, wall_s=round(time.time() - started, 1))
+                state = dict(extra, last_loss=loss_value, segments=[*segments, segment])
                 if plateau is not None:
-                    plateau.observe(named["acc"] if cfg.plateau_metric == "accuracy" else loss_value)
-                    if step % cfg.plateau_every == 0:
-                        scale = plateau.scale
-                        mean = plateau.step()
-                        if main_proc and plateau.scale != scale:
-                            log.info("step %d: mean %s %s, no better than %.4f for %d checks: lr x %g (now %.2e)",
-                                     step, cfg.plateau_metric, "nan" if mean is None else f"{mean:.4f}",
-                                     plateau.best, cfg.plateau_patience + 1, cfg.plateau_factor, cfg.lr * plateau.scale)
-                bar.update(1)
-                if main_proc and (step % cfg.log_every == 0 or step == total):
-                    now = time.time()
-                    rate = clips_since / max(1e-9, now - t_last)
-                    clips_since, t_last = 0, now
-                    metrics.write({"step": step, "epoch": epoch, "loss": f"{loss_value:.6f}", "lr": f"{lr:.6e}",
-                                   "grad_norm": f"{grad_norm.item():.4f}", "clips_per_s": f"{rate:.2f}",
-                                   "elapsed_s": f"{now - started:.1f}", **{k: f"{v:.6f}" for k, v in named.items()}})
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.1e}", clips_s=f"{rate:.1f}")
-                if main_proc and cfg.plot_every and (step % cfg.plot_every == 0 or step == 1):  # 1: the start
-                    from .plots import save_reconstruction
-                    shown = mask[-1] if mask.ndim == 3 else mask  # the mask of the pass that `pred` reconstructs
-                    save_reconstruction(out / "plots" / f"step_{step:07d}.png", encoder, spec[0], shown[0],
-                                        pred[0].detach(), step, loss_value)
-                if main_proc and (step % cfg.ckpt_every == 0 or step == total or stopping):
-                    segment.update(to_step=step, wall_s=round(time.time() - started, 1))
-                    state = dict(extra, last_loss=loss_value, segments=[*segments, segment])
-                    if plateau is not None:
-                        state["plateau"] = plateau.state_dict()
-                    save_training_checkpoint(ckpt_path, encoder, cfg.frontend, optimizer, scaler, step, cfg, state)
-                    from .plots import save_training_curve
-                    save_training_curve(out / "training_curve.png", metrics.path, cfg.global_batch,
-                                        f"{cfg.preset}: loss after {step * cfg.global_batch:,} crops: {loss_value:.4f}")
+                    state["plateau"] = plateau.state_dict()
+                save_training_checkpoint(ckpt_path, encoder, cfg.frontend, optimizer, scaler, step, cfg, state)
+                from .plots import save_training_curve
+                save_training_curve(out / "training_curve.png", metrics.path, cfg.global_batch,
+                                    f"{cfg.preset}: loss after {step * cfg.global_batch:,} crops: {loss_value:.4f}")
     except KeyboardInterrupt:
         if main_proc:
             log.warning("interrupted at step %d; the last checkpoint is %s (rerun with --resume)",
                         step, ckpt_path)
         raise
     finally:
+        stop.restore()
         bar.close()
         if metrics:
             metrics.close()
