@@ -394,3 +394,22 @@ def test_cpu_comparison_configs_share_one_budget_and_recipe():
     ssam = configs["ssam"]
     assert ssam["max_steps"] * ssam["global_batch"] >= 64_000  # issue 12: 10x the 6,400 crops of release 0.1
     assert TrainConfig.scaled_lr(ssam["base_lr"], ssam["global_batch"]) == pytest.approx(5e-4)
+
+
+def test_the_compared_checkpoints_record_one_budget_and_recipe():
+    """What the leaderboards compare was trained alike, by the provenance the files carry: the
+    bundled default and the committed comparison checkpoints saw the same corpus, crops, batch,
+    schedule and masking (only the preset differs; bf16 vs fp32 autocast is not a recipe key)."""
+    from hear_ssam.checkpoint import read_safetensors
+    same = ("corpus_sha256", "clips_seen", "steps", "global_batch", "objective", "masking",
+            "mask_ratio", "lr", "lr_schedule", "length_weight_cap_s")
+    files = {"ssam-tiny": ROOT / "hear_ssam" / "assets" / "ssam_tiny.safetensors",
+             "ssast-tiny": ROOT / "results" / "checkpoints" / "ssast_tiny_cpu.safetensors",
+             "axlstm-tiny": ROOT / "results" / "checkpoints" / "axlstm_tiny_cpu.safetensors"}
+    recipes = {}
+    for preset, path in files.items():
+        prov = read_safetensors(path)[1]["provenance"]
+        assert prov["preset"] == preset
+        recipes[preset] = {k: prov[k] for k in same}
+    assert recipes["ssast-tiny"] == recipes["ssam-tiny"] == recipes["axlstm-tiny"]
+    assert recipes["ssam-tiny"]["clips_seen"] == 64_000
