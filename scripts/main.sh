@@ -4,8 +4,8 @@
 #   2. validate the bundled default model with hear-validator
 #   3. heareval embeddings + probes (5 seeds) for the log-mel baseline, the bundled ssam-tiny,
 #      its random initialisation and ssast-tiny pretrained with the same 64,000-crop budget
-#      (README says what the 25-minute budget and unequal budgets left out: axlstm-tiny,
-#      ssamba-tiny)
+#      (the 25-minute budget leaves out axlstm-tiny and ssamba-tiny; README gives the command
+#      that adds them, and their rows in results/mini_families/)
 #   4. leaderboard (CSV in the HEAR format, Markdown, chart) in results/mini/
 # Everything is resumable: finished tasks, embeddings and probes are skipped on rerun.
 # Reproducible: the same machine gives the same results/mini/*.csv to the last digit
