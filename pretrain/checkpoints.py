@@ -9,6 +9,7 @@ No pickle anywhere. `python -m pretrain export` turns one into a plugin checkpoi
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hear_ssam.checkpoint import TRAIN_METADATA_KEY, upgrade_v1
+from hear_ssam.checkpoint import TRAIN_METADATA_KEY, CheckpointError, parse_config, read_safetensors, upgrade_v1
 
 TRAIN_FORMAT = "hear_ssam-train/2"
 TRAIN_FORMAT_V1 = "hear_ssam-train/1"  # encoder config in format-1 layout, no frontend
@@ -58,3 +59,34 @@ def load_training_checkpoint(path: Path):
             _, pid, name = k.split(".", 2)
             state.setdefault(int(pid), {})[name] = v
     return meta, model, {"state": state, "param_groups": meta["param_groups"]}
+
+
+def read_init_weights(path, encoder_cfg, frontend) -> tuple[dict, dict]:
+    """(state dict, record) of the plugin checkpoint a second-stage run starts from.
+
+    The file must hold the run's own encoder and frontend (a run cannot silently start from
+    another model); the record (its sha256 and what its provenance says it saw) goes into the
+    new run's provenance, so an export's crop count covers both stages."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"init_from {path}: expected a hear_ssam .safetensors checkpoint "
+                              "(export a training run with `python -m pretrain export` first)")
+    state, stored = read_safetensors(path)
+    cfg, file_frontend, config = parse_config(stored, path)
+    mine, theirs = encoder_cfg.to_dict(), cfg.to_dict()
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        raise CheckpointError(f"init_from {path}: its encoder differs from this run's in "
+                              + ", ".join(f"{k} ({theirs.get(k)!r}, the run has {mine.get(k)!r})" for k in differ))
+    if file_frontend.to_dict() != frontend.to_dict():
+        raise CheckpointError(f"init_from {path}: its frontend {file_frontend.to_dict()} differs from "
+                              f"this run's {frontend.to_dict()}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    prov = config.get("provenance") or {}
+    record = {"file": str(path), "sha256": digest.hexdigest(),
+              **{k: prov.get(k) for k in ("preset", "steps", "clips_seen", "final_loss", "corpus_sha256",
+                                          "git_commit", "wall_s")}}
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, record

@@ -48,6 +48,10 @@ class TrainConfig:
     masking: str = "unstructured"  # key of MASKINGS ("cluster": SSAST's)
     mask_ratio: float = 0.5  # N - int(N * (1 - mask_ratio)) patches masked (SSAMBA: 300/512 = 0.5859375)
     objective: str = "mse_all"  # key of OBJECTIVES: MSE over all patches (official), "mse_masked", "ssast_joint"
+    # a second stage: the weights the run starts from, a plugin checkpoint (.safetensors, e.g. an
+    # earlier run's export) of the same encoder and frontend; the optimiser, schedule, data order
+    # and masks start afresh (set another seed to draw new crops). Recorded in the provenance.
+    init_from: Optional[str] = None
     # runtime
     precision: str = "fp16"  # fp16 | bf16 | fp32: autocast; on a CPU only bf16 (fp16 runs fp32 there)
     num_workers: int = 4

@@ -43,6 +43,11 @@ def export(train_ckpt, dst, half=False) -> dict:
         provenance["hardware"] = sorted({s["hardware"] for s in segments})
         provenance["wall_s"] = round(sum(s["wall_s"] for s in segments), 1)
         provenance["git_commit"] = segments[-1].get("git_commit")
+    init = meta.get("init_from")
+    if init:  # a second stage: the weights have seen both stages' crops
+        provenance["init_from"] = init
+        provenance["clips_seen_this_run"] = provenance["clips_seen"]
+        provenance["clips_seen"] += init.get("clips_seen") or 0
     if half:  # fp16 storage halves the file; the plugin computes in fp32
         encoder.half()
     save_checkpoint(dst, encoder, provenance=provenance, frontend=FrontendConfig.from_dict(meta["frontend"]))

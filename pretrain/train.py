@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from hear_ssam import SpectrogramEncoder
 
-from .checkpoints import CHECKPOINT, load_training_checkpoint, save_training_checkpoint
+from .checkpoints import CHECKPOINT, load_training_checkpoint, read_init_weights, save_training_checkpoint
 from .config import TrainConfig
 from .data import CropDataset, EpochSampler, list_audio
 from .export import export
@@ -258,6 +258,7 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
     step = 0
     segments = []  # one per (re)start: where it ran, which steps, how long (the provenance's hardware)
     ckpt_path = out / CHECKPOINT
+    meta = None  # the resumed checkpoint's metadata
     if resume and ckpt_path.exists():
         meta, model_state, opt_state = load_training_checkpoint(ckpt_path)
         encoder.load_state_dict(model_state, strict=True)
@@ -271,6 +272,15 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
             log.info("resumed from %s at step %d", ckpt_path, step)
     elif resume and main_proc:
         log.info("--resume: no checkpoint in %s yet, starting from scratch", out)
+    init_record = None
+    if meta is not None:  # resumed: the run's second-stage origin, if any, is in its metadata
+        init_record = meta.get("init_from")
+    elif cfg.init_from:
+        init_state, init_record = read_init_weights(cfg.init_from, encoder.cfg, cfg.frontend)
+        encoder.load_state_dict(init_state, strict=True)
+        if main_proc:
+            log.info("starting from the weights of %s (%s crops seen, sha256 %s...)", cfg.init_from,
+                     init_record["clips_seen"], init_record["sha256"][:12])
     encoder.to(device)
     make_mask = MASKINGS[cfg.masking]
     grid = (*encoder.cfg.grid, encoder.cfg.patch_order)  # (n_t, n_f, token order)
@@ -292,6 +302,8 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
     started, clips_since, t_last = time.time(), 0, time.time()
     extra = {"data": str(data), "files": len(dataset), "data_hours": round(dataset.hours, 3),
              "skipped_files": len(dataset.skipped), "command": command, **corpus_info(data)}
+    if init_record:
+        extra["init_from"] = init_record
     segment = {"hardware": hardware(device, world), "git_commit": git_commit(), "from_step": step,
                "to_step": step, "wall_s": 0.0,
                "precision": cfg.precision if use_amp else "fp32"}  # what ran: fp16 configs run fp32 on CPUs

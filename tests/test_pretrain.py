@@ -297,6 +297,41 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, preset):
     assert model.config["preset"] is None and model.config["family"] == preset.split("-")[0]  # a tiny variant
 
 
+def test_a_second_stage_starts_from_the_first_stages_weights_and_counts_both(tmp_path):
+    """init_from: the run's step-0 weights are the file's (lr 0 keeps them, so the export
+    equals the first stage bit for bit), the provenance names the file by hash and counts both
+    stages' crops, a resume keeps the record, and a file of another model is refused by name."""
+    import hashlib
+    data = make_audio(tmp_path / "audio", n=6)
+    first = train(tiny_config(max_steps=2), str(data), tmp_path / "first")
+    second = tiny_config(max_steps=3, init_from=str(first), base_lr=0.0, seed=1, weight_decay=0.0)
+    import pretrain.train as T
+    real, calls = T.save_training_checkpoint, {"n": 0}
+
+    def save_then_die(*a, **k):
+        real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+    T.save_training_checkpoint = save_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(second, str(data), tmp_path / "second")
+    finally:
+        T.save_training_checkpoint = real
+    path = train(second, str(data), tmp_path / "second", resume=True)
+    a, b = hear_ssam.load_model(str(first)), hear_ssam.load_model(str(path))
+    for (k, va), (_, vb) in zip(a.encoder.state_dict().items(), b.encoder.state_dict().items()):
+        assert torch.equal(va, vb), k
+    prov = b.config["provenance"]
+    assert prov["init_from"]["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert prov["init_from"]["clips_seen"] == 2 * 4 and prov["clips_seen_this_run"] == 3 * 4
+    assert prov["clips_seen"] == 5 * 4 and prov["steps"] == 3
+    other = tiny_config(max_steps=1, init_from=str(first), encoder_overrides={"embed_dim": 48, "depth": 2})
+    with pytest.raises(ValueError, match=r"init_from .*embed_dim \(32, the run has 48\)"):
+        train(other, str(data), tmp_path / "other")
+
+
 @pytest.mark.parametrize("precision, ran", [("bf16", "bf16"), ("fp16", "fp32")])
 def test_provenance_records_the_precision_that_ran(tmp_path, precision, ran):
     """On a CPU bf16 autocast runs and a paper config's fp16 falls back to fp32: the
