@@ -452,3 +452,27 @@ def test_the_compared_checkpoints_record_one_budget_and_recipe():
         recipes[preset] = {k: prov[k] for k in same}
     assert recipes["ssast-tiny"] == recipes["ssam-tiny"] == recipes["axlstm-tiny"]
     assert recipes["ssam-tiny"]["clips_seen"] == 64_000
+
+
+def test_the_second_stage_checkpoint_names_the_bundled_default_as_its_start():
+    """results/checkpoints/ssam_tiny_cpu_stage2.safetensors (128,000 crops) started from the
+    first stage, whose bytes are the bundled default's: its provenance says so by hash and
+    counts both stages with the same recipe (only the seed, hence the crops drawn, differs)."""
+    import hashlib
+    import json
+    from safetensors import safe_open
+    from hear_ssam.api import DEFAULT_CHECKPOINT
+    from hear_ssam.checkpoint import METADATA_KEY
+    ckpts = ROOT / "results" / "checkpoints"
+    first = (ckpts / "ssam_tiny_cpu.safetensors").read_bytes()
+    assert first == Path(DEFAULT_CHECKPOINT).read_bytes()
+    provs = {}
+    for name in ("ssam_tiny_cpu", "ssam_tiny_cpu_stage2"):
+        with safe_open(str(ckpts / f"{name}.safetensors"), framework="pt") as f:
+            provs[name] = json.loads(f.metadata()[METADATA_KEY])["provenance"]
+    one, two = provs["ssam_tiny_cpu"], provs["ssam_tiny_cpu_stage2"]
+    assert two["init_from"]["sha256"] == hashlib.sha256(first).hexdigest()
+    assert two["clips_seen"] == 128_000 and two["clips_seen_this_run"] == one["clips_seen"] == 64_000
+    for key in ("corpus_sha256", "global_batch", "objective", "masking", "mask_ratio", "lr",
+                "lr_schedule", "length_weight_cap_s", "steps"):
+        assert two[key] == one[key], key
