@@ -431,6 +431,21 @@ def test_cpu_comparison_configs_share_one_budget_and_recipe():
     assert TrainConfig.scaled_lr(ssam["base_lr"], ssam["global_batch"]) == pytest.approx(5e-4)
 
 
+def test_second_stage_configs_differ_only_in_the_preset_and_the_start():
+    """The second stages keep the comparison one budget: each family's stage-2 config is the
+    first stage's with init_from its own first-stage file and seed 1."""
+    stages = {}
+    for family in ("ssam", "ssast"):
+        one = load_config(ROOT / "pretrain" / "configs" / f"{family}_tiny_cpu.yaml").to_dict()
+        two = load_config(ROOT / "pretrain" / "configs" / f"{family}_tiny_cpu_stage2.yaml").to_dict()
+        assert two.pop("init_from") == f"results/checkpoints/{family}_tiny_cpu.safetensors"
+        assert (ROOT / "results" / "checkpoints" / f"{family}_tiny_cpu.safetensors").exists()
+        assert two.pop("seed") == 1 and one.pop("seed") == 0 and one.pop("init_from") is None
+        assert two == one
+        stages[family] = {k: v for k, v in two.items() if k != "preset"}
+    assert stages["ssam"] == stages["ssast"]
+
+
 def test_the_compared_checkpoints_record_one_budget_and_recipe():
     """What the leaderboards compare was trained alike, by the provenance the files carry: the
     bundled default and the committed comparison checkpoints saw the same corpus, crops, batch,
