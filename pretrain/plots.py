@@ -33,17 +33,19 @@ def save_reconstruction(path: Path, encoder, spec, mask, pred, step, loss):
     plt.close(fig)
 
 
-def save_training_curve(path: Path, metrics_csv: Path, global_batch: int, title: str = ""):
-    """PNG of metrics.csv: loss against crops seen (step x global_batch), lr on a second axis."""
+def save_training_curve(path: Path, metrics_csv: Path, global_batch: int, title: str = "",
+                        start_crops: int = 0):
+    """PNG of metrics.csv: loss against crops seen (step x global_batch, after the `start_crops`
+    a second stage's start weights had already seen), lr on a second axis."""
     import csv
     with open(metrics_csv) as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return
-    crops = [int(r["step"]) * global_batch for r in rows]
+    crops = [start_crops + int(r["step"]) * global_batch for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(crops, [float(r["loss"]) for r in rows], lw=1, color="C0", label="training loss")
-    ax.set_xlabel("crops seen")
+    ax.set_xlabel(f"crops seen (the first {start_crops:,} by the start weights)" if start_crops else "crops seen")
     ax.set_ylabel("loss (logged every few steps)", color="C0")
     ax.grid(alpha=0.3)
     lr_ax = ax.twinx()

@@ -397,8 +397,10 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
                     state["plateau"] = plateau.state_dict()
                 save_training_checkpoint(ckpt_path, encoder, cfg.frontend, optimizer, scaler, step, cfg, state)
                 from .plots import save_training_curve
+                seen_before = (init_record or {}).get("clips_seen") or 0  # a second stage's start
                 save_training_curve(out / "training_curve.png", metrics.path, cfg.global_batch,
-                                    f"{cfg.preset}: loss after {step * cfg.global_batch:,} crops: {loss_value:.4f}")
+                                    f"{cfg.preset}: loss after {seen_before + step * cfg.global_batch:,} crops: "
+                                    f"{loss_value:.4f}", start_crops=seen_before)
     except KeyboardInterrupt:
         if main_proc:
             log.warning("interrupted at step %d; the last checkpoint is %s (rerun with --resume)",
