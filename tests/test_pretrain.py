@@ -1,4 +1,5 @@
 """pretrain/: config, schedule, masking, data, exact resume, atomic checkpoints, DDP, export."""
+import contextlib
 import csv
 import math
 import os
@@ -38,6 +39,24 @@ def make_audio(folder: Path, n=12, seed=0):
         sf.write(folder / f"clip{i:02d}.{'flac' if i % 4 == 0 else 'wav'}", x.astype(np.float32), rate)
     (folder / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
     return folder
+
+
+@contextlib.contextmanager
+def killed_after_saves(n):
+    """pretrain.train's checkpoint save, raising KeyboardInterrupt after its n-th write (a kill)."""
+    import pretrain.train as T
+    real, calls = T.save_training_checkpoint, {"n": 0}
+
+    def save_then_die(*a, **k):
+        real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+    T.save_training_checkpoint = save_then_die
+    try:
+        yield
+    finally:
+        T.save_training_checkpoint = real
 
 
 def tiny_config(**kw):
@@ -263,21 +282,8 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, preset):
         train(cfg, str(data), tmp_path / "straight")
         half = tiny_config(preset=preset, max_steps=6)
         # interrupted after step 3: emulate by stopping a run with the same schedule at 3
-        import pretrain.train as T
-        calls = {"n": 0}
-        real = T.save_training_checkpoint
-
-        def save_then_die(*a, **k):
-            real(*a, **k)
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-        T.save_training_checkpoint = save_then_die
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                train(half, str(data), tmp_path / "resumed")
-        finally:
-            T.save_training_checkpoint = real
+        with killed_after_saves(3), pytest.raises(KeyboardInterrupt):
+            train(half, str(data), tmp_path / "resumed")
         # a crash mid-write leaves a .tmp beside an intact checkpoint
         (tmp_path / "resumed" / (CHECKPOINT + ".tmp")).write_bytes(b"partial")
         assert [s for s, _ in losses(tmp_path / "resumed")] == [1, 2, 3]
@@ -305,20 +311,8 @@ def test_a_second_stage_starts_from_the_first_stages_weights_and_counts_both(tmp
     data = make_audio(tmp_path / "audio", n=6)
     first = train(tiny_config(max_steps=2), str(data), tmp_path / "first")
     second = tiny_config(max_steps=3, init_from=str(first), base_lr=0.0, seed=1, weight_decay=0.0)
-    import pretrain.train as T
-    real, calls = T.save_training_checkpoint, {"n": 0}
-
-    def save_then_die(*a, **k):
-        real(*a, **k)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-    T.save_training_checkpoint = save_then_die
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(second, str(data), tmp_path / "second")
-    finally:
-        T.save_training_checkpoint = real
+    with killed_after_saves(2), pytest.raises(KeyboardInterrupt):
+        train(second, str(data), tmp_path / "second")
     path = train(second, str(data), tmp_path / "second", resume=True)
     a, b = hear_ssam.load_model(str(first)), hear_ssam.load_model(str(path))
     for (k, va), (_, vb) in zip(a.encoder.state_dict().items(), b.encoder.state_dict().items()):
