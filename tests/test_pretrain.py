@@ -425,19 +425,24 @@ def test_cpu_comparison_configs_share_one_budget_and_recipe():
     assert TrainConfig.scaled_lr(ssam["base_lr"], ssam["global_batch"]) == pytest.approx(5e-4)
 
 
-def test_second_stage_configs_differ_only_in_the_preset_and_the_start():
-    """The second stages keep the comparison one budget: each family's stage-2 config is the
-    first stage's with init_from its own first-stage file and seed 1."""
-    stages = {}
-    for family in ("ssam", "ssast"):
-        one = load_config(ROOT / "pretrain" / "configs" / f"{family}_tiny_cpu.yaml").to_dict()
-        two = load_config(ROOT / "pretrain" / "configs" / f"{family}_tiny_cpu_stage2.yaml").to_dict()
-        assert two.pop("init_from") == f"results/checkpoints/{family}_tiny_cpu.safetensors"
-        assert (ROOT / "results" / "checkpoints" / f"{family}_tiny_cpu.safetensors").exists()
-        assert two.pop("seed") == 1 and one.pop("seed") == 0 and one.pop("init_from") is None
-        assert two == one
-        stages[family] = {k: v for k, v in two.items() if k != "preset"}
-    assert stages["ssam"] == stages["ssast"]
+def test_later_stage_configs_differ_only_in_the_preset_and_the_start():
+    """The later stages keep the comparison one budget: stage k of each family is the first
+    stage's config with init_from its own stage k-1 file (committed) and seed k-1."""
+    start = {2: "{family}_tiny_cpu", 3: "{family}_tiny_cpu_stage2"}
+    for stage, start_name in start.items():
+        stages = {}
+        for family in ("ssam", "ssast"):
+            one = load_config(ROOT / "pretrain" / "configs" / f"{family}_tiny_cpu.yaml").to_dict()
+            later = load_config(
+                ROOT / "pretrain" / "configs" / f"{family}_tiny_cpu_stage{stage}.yaml").to_dict()
+            start_file = f"results/checkpoints/{start_name.format(family=family)}.safetensors"
+            assert later.pop("init_from") == start_file
+            assert (ROOT / start_file).exists()
+            assert later.pop("seed") == stage - 1 and one.pop("seed") == 0
+            assert one.pop("init_from") is None
+            assert later == one
+            stages[family] = {k: v for k, v in later.items() if k != "preset"}
+        assert stages["ssam"] == stages["ssast"]
 
 
 def test_the_compared_checkpoints_record_one_budget_and_recipe():
