@@ -445,48 +445,64 @@ def test_later_stage_configs_differ_only_in_the_preset_and_the_start():
         assert stages["ssam"] == stages["ssast"]
 
 
+def _provenance(path):
+    import json
+    from safetensors import safe_open
+    from hear_ssam.checkpoint import METADATA_KEY
+    with safe_open(str(path), framework="pt") as f:  # the header only: no weights are read
+        return json.loads(f.metadata()[METADATA_KEY])["provenance"]
+
+
+RECIPE_KEYS = ("corpus_sha256", "clips_seen", "steps", "global_batch", "objective", "masking",
+               "mask_ratio", "lr", "lr_schedule", "length_weight_cap_s")
+
+
 def test_the_compared_checkpoints_record_one_budget_and_recipe():
-    """What the leaderboards compare was trained alike, by the provenance the files carry: the
-    bundled default and the committed comparison checkpoints saw the same corpus, crops, batch,
-    schedule and masking (only the preset differs; bf16 vs fp32 autocast is not a recipe key)."""
-    import json
-    from safetensors import safe_open
+    """What the leaderboards compare was trained alike, by the provenance the files carry (only
+    the preset differs; bf16 vs fp32 autocast is not a recipe key): the main job's bundled
+    default and the ssast-tiny file scripts/main.sh names saw the same corpus, crops, batch,
+    schedule and masking (128,000 crops: two stages each); the families table's three first
+    stages did too (64,000 crops)."""
+    import re
     from hear_ssam.api import DEFAULT_CHECKPOINT
-    from hear_ssam.checkpoint import METADATA_KEY
-    same = ("corpus_sha256", "clips_seen", "steps", "global_batch", "objective", "masking",
-            "mask_ratio", "lr", "lr_schedule", "length_weight_cap_s")
-    files = {"ssam-tiny": DEFAULT_CHECKPOINT,
-             "ssast-tiny": ROOT / "results" / "checkpoints" / "ssast_tiny_cpu.safetensors",
-             "axlstm-tiny": ROOT / "results" / "checkpoints" / "axlstm_tiny_cpu.safetensors"}
-    recipes = {}
-    for preset, path in files.items():
-        with safe_open(str(path), framework="pt") as f:  # the header only: no weights are read
-            prov = json.loads(f.metadata()[METADATA_KEY])["provenance"]
-        assert prov["preset"] == preset
-        recipes[preset] = {k: prov[k] for k in same}
-    assert recipes["ssast-tiny"] == recipes["ssam-tiny"] == recipes["axlstm-tiny"]
-    assert recipes["ssam-tiny"]["clips_seen"] == 64_000
-
-
-def test_the_second_stage_checkpoint_names_the_bundled_default_as_its_start():
-    """results/checkpoints/ssam_tiny_cpu_stage2.safetensors (128,000 crops) started from the
-    first stage, whose bytes are the bundled default's: its provenance says so by hash and
-    counts both stages with the same recipe (only the seed, hence the crops drawn, differs)."""
-    import hashlib
-    import json
-    from safetensors import safe_open
-    from hear_ssam.api import DEFAULT_CHECKPOINT
-    from hear_ssam.checkpoint import METADATA_KEY
     ckpts = ROOT / "results" / "checkpoints"
-    first = (ckpts / "ssam_tiny_cpu.safetensors").read_bytes()
-    assert first == Path(DEFAULT_CHECKPOINT).read_bytes()
-    provs = {}
-    for name in ("ssam_tiny_cpu", "ssam_tiny_cpu_stage2"):
-        with safe_open(str(ckpts / f"{name}.safetensors"), framework="pt") as f:
-            provs[name] = json.loads(f.metadata()[METADATA_KEY])["provenance"]
-    one, two = provs["ssam_tiny_cpu"], provs["ssam_tiny_cpu_stage2"]
-    assert two["init_from"]["sha256"] == hashlib.sha256(first).hexdigest()
-    assert two["clips_seen"] == 128_000 and two["clips_seen_this_run"] == one["clips_seen"] == 64_000
-    for key in ("corpus_sha256", "global_batch", "objective", "masking", "mask_ratio", "lr",
-                "lr_schedule", "length_weight_cap_s", "steps"):
-        assert two[key] == one[key], key
+    main_ssast = re.search(r"ssast-tiny=(\S+?)\)", (ROOT / "scripts" / "main.sh").read_text())
+    assert main_ssast, "scripts/main.sh names no ssast-tiny checkpoint"
+    groups = {128_000: {"ssam-tiny": DEFAULT_CHECKPOINT, "ssast-tiny": ROOT / main_ssast.group(1)},
+              64_000: {preset: ckpts / f"{preset.replace('-', '_')}_cpu.safetensors"
+                       for preset in ("ssam-tiny", "ssast-tiny", "axlstm-tiny")}}
+    for clips, files in groups.items():
+        recipes = {}
+        for preset, path in files.items():
+            prov = _provenance(path)
+            assert prov["preset"] == preset
+            recipes[preset] = {k: prov[k] for k in RECIPE_KEYS}
+        first, *rest = recipes.values()
+        assert all(r == first for r in rest), recipes
+        assert first["clips_seen"] == clips
+    # The default is the committed second stage of ssam-tiny, byte for byte.
+    assert Path(DEFAULT_CHECKPOINT).read_bytes() == (ckpts / "ssam_tiny_cpu_stage2.safetensors").read_bytes()
+
+
+def test_each_later_stage_names_its_start_by_hash_and_counts_every_stage():
+    """Each committed stage k > 1 (results/checkpoints/{family}_tiny_cpu_stage{k}.safetensors)
+    started from the committed stage k-1 file: its provenance names that file's sha256, counts
+    64,000 crops per stage, and keeps the first stage's recipe (only the seed differs)."""
+    import hashlib
+    ckpts = ROOT / "results" / "checkpoints"
+    checked = 0
+    for family in ("ssam", "ssast"):
+        earlier = ckpts / f"{family}_tiny_cpu.safetensors"
+        stage = 2
+        while (later := ckpts / f"{family}_tiny_cpu_stage{stage}.safetensors").exists():
+            one, two = _provenance(earlier), _provenance(later)
+            assert two["init_from"]["sha256"] == hashlib.sha256(earlier.read_bytes()).hexdigest()
+            assert two["init_from"]["clips_seen"] == one["clips_seen"] == 64_000 * (stage - 1)
+            assert two["clips_seen"] == 64_000 * stage and two["clips_seen_this_run"] == 64_000
+            for key in RECIPE_KEYS:
+                if key != "clips_seen":
+                    assert two[key] == one[key], (later.name, key)
+            earlier, stage, checked = later, stage + 1, checked + 1
+    assert checked >= 2  # ssam's and ssast's second stages at least
+
+
