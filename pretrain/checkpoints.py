@@ -39,6 +39,15 @@ def save_training_checkpoint(path: Path, encoder, frontend, optimizer, scaler, s
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
 
 
+def checkpoint_step(path: Path) -> str:
+    """'step N' of a training checkpoint, read from its header alone (for messages)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f"step {json.loads((f.metadata() or {})[TRAIN_METADATA_KEY])['step']}"
+    except Exception:
+        return "unreadable"
+
+
 def load_training_checkpoint(path: Path):
     """(metadata, model state dict, optimiser state dict) of a training checkpoint."""
     try:

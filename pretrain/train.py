@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from hear_ssam import SpectrogramEncoder
 
-from .checkpoints import CHECKPOINT, load_training_checkpoint, read_init_weights, save_training_checkpoint
+from .checkpoints import CHECKPOINT, checkpoint_step, load_training_checkpoint, read_init_weights, save_training_checkpoint
 from .config import TrainConfig
 from .data import CropDataset, EpochSampler, list_audio
 from .export import export
@@ -213,6 +213,11 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
     if cuda:
         torch.cuda.set_device(device)
     main_proc = rank == 0
+    if not resume and (out / CHECKPOINT).exists():
+        # A fresh start here would restart the curve and overwrite the saved state at its first
+        # save: hours of training lost to a forgotten flag. Refuse before touching anything.
+        raise ValueError(f"{out} already holds a run's training checkpoint ({checkpoint_step(out / CHECKPOINT)}): "
+                         f"pass --resume to continue it, or give a new --out to start another run")
     out.mkdir(parents=True, exist_ok=True)
 
     if cfg.global_batch % (cfg.micro_batch * world):

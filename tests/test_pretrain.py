@@ -326,6 +326,25 @@ def test_a_second_stage_starts_from_the_first_stages_weights_and_counts_both(tmp
         train(other, str(data), tmp_path / "other")
 
 
+def test_a_fresh_start_over_a_saved_run_is_refused_and_leaves_it_intact(tmp_path, capsys):
+    """Forgetting --resume on a run folder must not restart the run and overwrite its state:
+    the command names the folder, the saved step and the flag, and changes no file."""
+    from pretrain.__main__ import main
+    data = make_audio(tmp_path / "audio", n=6)
+    with killed_after_saves(2), pytest.raises(KeyboardInterrupt):
+        train(tiny_config(max_steps=4), str(data), tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    assert CHECKPOINT in before and "metrics.csv" in before
+    with pytest.raises(ValueError, match=r"run already holds a run's training checkpoint \(step 2\): pass --resume"):
+        train(tiny_config(max_steps=4), str(data), tmp_path / "run")
+    config = tmp_path / "tiny.yaml"
+    config.write_text("preset: ssam-tiny\nmax_steps: 4\n")
+    assert main(["train", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "run")]) == 2
+    assert "pass --resume to continue it, or give a new --out" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
+    assert [s for s, _ in losses(tmp_path / "run")] == [1, 2]
+
+
 @pytest.mark.parametrize("precision, ran", [("bf16", "bf16"), ("fp16", "fp32")])
 def test_provenance_records_the_precision_that_ran(tmp_path, precision, ran):
     """On a CPU bf16 autocast runs and a paper config's fp16 falls back to fp32: the
