@@ -9,10 +9,13 @@ the same batch and mask, so the speed-up is read beside what it costs in numeric
 fast only where the CPU has AVX512-BF16 or AMX (oneDNN); elsewhere expect a ratio below 1.
 """
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: pretrain/ is not installed
 from hear_ssam.encoder import SpectrogramEncoder
 from pretrain.config import TrainConfig
 from pretrain.objectives import MASKINGS, MaskedSpectrogramModel
