@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -111,6 +112,30 @@ def test_masked_tokens_carry_no_position():
     tokens = enc.embed(torch.randn(1, 1, 200, 80), mask)
     assert torch.equal(tokens[0, 4], tokens[0, 101])
     assert torch.equal(tokens[0, 4], enc.mask_token[0, 0])
+
+
+def test_a_vit_predicts_one_patch_for_every_position_free_mask_token():
+    """The SSAM framework's recipe (mask tokens without position, as its official SSAST baseline
+    has them) leaves a Transformer no way to tell masked patches apart: attention and the MLP
+    treat equal tokens alike, so every masked patch of a crop gets the same prediction, and
+    ssast-tiny's loss stays near the variance of the masked patches (0.48) however long it
+    trains. A recurrence (SSAM) sees where each mask token stands; so does a Transformer whose
+    mask tokens carry their position (SSAST's own recipe, `mask_token_position`)."""
+    torch.manual_seed(0)
+    spec = torch.randn(2, 1, 200, 80)
+    mask = torch.rand(2, 250) < 0.5
+
+    def spread(cfg):
+        with torch.no_grad():
+            pred = SpectrogramEncoder(cfg).eval().reconstruct(spec, mask)
+        masked = [pred[b][mask[b]] for b in range(2)]
+        return max((m - m[0]).abs().max().item() for m in masked), pred
+
+    vit_spread, vit_pred = spread(PRESETS["ssast-tiny"])
+    assert vit_spread < 1e-5
+    assert not torch.allclose(vit_pred[0][mask[0]][0], vit_pred[1][mask[1]][0])  # one per crop
+    assert spread(PRESETS["ssam-tiny"])[0] > 1e-3
+    assert spread(replace(PRESETS["ssast-tiny"], mask_token_position=True))[0] > 1e-3
 
 
 def test_causal_prefix_equals_padded_crop():
