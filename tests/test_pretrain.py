@@ -480,14 +480,14 @@ def test_the_compared_checkpoints_record_one_budget_and_recipe():
     """What the leaderboards compare was trained alike, by the provenance the files carry (only
     the preset differs; bf16 vs fp32 autocast is not a recipe key): the main job's bundled
     default and the ssast-tiny file scripts/main.sh names saw the same corpus, crops, batch,
-    schedule and masking (128,000 crops: two stages each); the families table's three first
+    schedule and masking (192,000 crops: three stages each); the families table's three first
     stages did too (64,000 crops)."""
     import re
     from hear_ssam.api import DEFAULT_CHECKPOINT
     ckpts = ROOT / "results" / "checkpoints"
     main_ssast = re.search(r"ssast-tiny=(\S+?)\)", (ROOT / "scripts" / "main.sh").read_text())
     assert main_ssast, "scripts/main.sh names no ssast-tiny checkpoint"
-    groups = {128_000: {"ssam-tiny": DEFAULT_CHECKPOINT, "ssast-tiny": ROOT / main_ssast.group(1)},
+    groups = {192_000: {"ssam-tiny": DEFAULT_CHECKPOINT, "ssast-tiny": ROOT / main_ssast.group(1)},
               64_000: {preset: ckpts / f"{preset.replace('-', '_')}_cpu.safetensors"
                        for preset in ("ssam-tiny", "ssast-tiny", "axlstm-tiny")}}
     for clips, files in groups.items():
@@ -499,8 +499,8 @@ def test_the_compared_checkpoints_record_one_budget_and_recipe():
         first, *rest = recipes.values()
         assert all(r == first for r in rest), recipes
         assert first["clips_seen"] == clips
-    # The default is the committed second stage of ssam-tiny, byte for byte.
-    assert Path(DEFAULT_CHECKPOINT).read_bytes() == (ckpts / "ssam_tiny_cpu_stage2.safetensors").read_bytes()
+    # The default is the committed third stage of ssam-tiny, byte for byte.
+    assert Path(DEFAULT_CHECKPOINT).read_bytes() == (ckpts / "ssam_tiny_cpu_stage3.safetensors").read_bytes()
 
 
 def test_each_later_stage_names_its_start_by_hash_and_counts_every_stage():
@@ -522,6 +522,6 @@ def test_each_later_stage_names_its_start_by_hash_and_counts_every_stage():
                 if key != "clips_seen":
                     assert two[key] == one[key], (later.name, key)
             earlier, stage, checked = later, stage + 1, checked + 1
-    assert checked >= 2  # ssam's and ssast's second stages at least
+    assert checked >= 4  # ssam's and ssast's second and third stages at least
 
 
