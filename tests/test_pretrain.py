@@ -455,9 +455,8 @@ def test_later_stage_configs_differ_only_in_the_preset_and_the_start():
         for family in ("ssam", "ssast", "axlstm"):
             if family == "axlstm" and not (configs / f"{family}_tiny_cpu_stage{stage}.yaml").exists():
                 continue
-            one = load_config(ROOT / "pretrain" / "configs" / f"{family}_tiny_cpu.yaml").to_dict()
-            later = load_config(
-                ROOT / "pretrain" / "configs" / f"{family}_tiny_cpu_stage{stage}.yaml").to_dict()
+            one = load_config(configs / f"{family}_tiny_cpu.yaml").to_dict()
+            later = load_config(configs / f"{family}_tiny_cpu_stage{stage}.yaml").to_dict()
             start_file = f"results/checkpoints/{start_name.format(family=family)}.safetensors"
             assert later.pop("init_from") == start_file
             assert (ROOT / start_file).exists()
@@ -465,7 +464,7 @@ def test_later_stage_configs_differ_only_in_the_preset_and_the_start():
             assert one.pop("init_from") is None
             assert later == one
             stages[family] = {k: v for k, v in later.items() if k != "preset"}
-        assert all(later == stages["ssam"] for later in stages.values()), stages.keys()
+        assert all(recipe == stages["ssam"] for recipe in stages.values()), stages.keys()
     assert (configs / "axlstm_tiny_cpu_stage2.yaml").exists()
 
 
