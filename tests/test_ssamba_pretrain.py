@@ -274,7 +274,9 @@ def test_ssamba_configs_follow_the_paper():
         assert 512 - int(512 * (1 - cfg.mask_ratio)) == 300
         assert cfg.encoder_config() == PRESETS[cfg.preset]
     cpu = load_config(ROOT / "pretrain" / "configs" / "ssamba_tiny_cpu.yaml")
-    assert (cpu.global_batch, cpu.max_steps, cpu.epoch_clips) == (32, 200, 3200)
+    # the others' first-stage budget in hours of audio: 400 x 32 crops of 10.24 s = 36.4 h (theirs: 35.6 h)
+    assert (cpu.global_batch, cpu.max_steps, cpu.length_weight_cap_s) == (32, 400, 10)
+    assert cpu.max_steps * cpu.global_batch * cpu.encoder_config().crop_frames / 100 / 3600 == pytest.approx(36.4, abs=0.05)
     assert cpu.lr == pytest.approx(3e-4) and cpu.objective == "ssast_joint" and cpu.masking == "cluster"
 
 
