@@ -32,6 +32,9 @@ class TrainConfig:
     # None: every file is drawn equally often. A number: a file is drawn with a chance
     # proportional to min(its length, this many seconds) (pretrain.data.EpochSampler)
     length_weight_cap_s: Optional[float] = None
+    # how a file shorter than a crop fills it: "tile" its frames, or "pad" after them with
+    # padding frames (SSAST / SSAMBA's loaders; pretrain.data.CropDataset)
+    short_files: str = "tile"
     # lr after the linear warm-up: "cosine" = half-cosine to 0 at the last step (SSAM / AxLSTM);
     # "plateau" = the peak, halved (plateau_factor) when the mean of plateau_metric over the last
     # plateau_every steps has not improved for more than plateau_patience checks (torch's
@@ -74,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.schedule not in ("cosine", "plateau"):
             raise ValueError(f"schedule must be 'cosine' or 'plateau', got {self.schedule!r}")
+        if self.short_files not in ("tile", "pad"):
+            raise ValueError(f"short_files must be 'tile' or 'pad', got {self.short_files!r}")
         if self.length_weight_cap_s is not None and self.length_weight_cap_s <= 0:
             raise ValueError(f"length_weight_cap_s must be > 0 seconds (or null), got {self.length_weight_cap_s}")
         if self.warmup_steps is not None and self.warmup_steps < 0:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from hear_ssam.frontend import FrontendConfig, build_frontend, to_mono_16k
+from hear_ssam.frontend import FrontendConfig, build_frontend, pad_value, to_mono_16k
 
 from .seeds import derive_seed
 
@@ -88,8 +88,10 @@ class CropDataset(Dataset):
 
     A crop is `crop_frames` consecutive feature frames of a file's whole-file features
     (the frontend of `frontend_cfg`), starting at a frame drawn from
-    derive_seed("crop", seed, epoch, position); files shorter than a crop are tiled in
-    frames. Two paths give the same crops: with a cache, whole-file features are computed
+    derive_seed("crop", seed, epoch, position). A file shorter than a crop fills it as
+    `short_files` says: "tile" repeats its frames; "pad" follows its normalised frames with
+    padding frames of the frontend's `pad_value` (SSAST / SSAMBA's loaders, and this plugin's
+    runtime for the last window of a clip). Two paths give the same crops: with a cache, whole-file features are computed
     once (`fill_cache`, fp16 .npy) and sliced; without one, only a window of audio around
     the crop is read, resampled on the 16 kHz grid of the whole file and trimmed of a margin
     wider than the STFT window, so its frames equal the whole-file ones.
@@ -97,7 +99,13 @@ class CropDataset(Dataset):
 
     MARGIN_FRAMES = 3  # > n_fft / 2 samples of context on each side of a window
 
-    def __init__(self, files, crop_frames=200, seed=0, cache_dir=None, frontend_cfg: FrontendConfig | None = None):
+    SHORT_FILES = ("tile", "pad")
+
+    def __init__(self, files, crop_frames=200, seed=0, cache_dir=None, frontend_cfg: FrontendConfig | None = None,
+                 short_files: str = "tile"):
+        if short_files not in self.SHORT_FILES:
+            raise ValueError(f"short_files must be one of {self.SHORT_FILES}, got {short_files!r}")
+        self.short_files = short_files
         good, bad = check_files(files)
         if bad:
             log.warning("skipping %d unreadable of %d files, e.g. %s (%s)", len(bad), len(files), *bad[0])
@@ -160,11 +168,14 @@ class CropDataset(Dataset):
         return self._features(x), a16 // self.hop
 
     def _crop(self, i, rng) -> torch.Tensor:
-        """Un-normalised [crop_frames, F] crop of file i."""
+        """Un-normalised [crop_frames, F] crop of file i (a short file's [T <= crop_frames, F]
+        frames when `short_files` is "pad": __getitem__ pads after normalising)."""
         n_frames = self.frontend.n_frames(self._samples_16k(i))
         cached = self.cache_dir is not None and self._cache_path(i).exists()
-        if n_frames <= self.crop_frames:  # short file: tile its frames
+        if n_frames <= self.crop_frames:  # short file: the whole of it, tiled or (later) padded
             feats = self._cached(i) if cached else self._whole_file_features(i)
+            if self.short_files == "pad":
+                return feats
             return feats.repeat(math.ceil(self.crop_frames / feats.shape[0]), 1)[: self.crop_frames]
         start = int(rng.integers(0, n_frames - self.crop_frames + 1))
         if cached:
@@ -230,7 +241,9 @@ class CropDataset(Dataset):
             j = (i + attempt) % len(self)
             rng = np.random.default_rng(derive_seed("crop", self.seed, epoch, position))
             try:
-                return self.frontend.normalise(self._crop(j, rng).unsqueeze(0))[0]  # per crop
+                crop = self.frontend.normalise(self._crop(j, rng).unsqueeze(0))[0]  # per crop
+                missing = self.crop_frames - crop.shape[1]  # > 0 only for a padded short file
+                return torch.nn.functional.pad(crop, (0, 0, 0, missing), value=pad_value(self.frontend_cfg))
             except Exception as e:  # a file that broke after the check: use the next one
                 log.warning("cannot read %s (%s); using the next file", self.files[j], e)
                 errors.append(f"{self.files[j]}: {type(e).__name__}: {e}")

@@ -230,7 +230,7 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
     core = MaskedSpectrogramModel(encoder, cfg.objective)  # refuses an objective whose heads are missing
     files = list_audio(data)
     dataset = CropDataset(files, crop_frames=encoder.cfg.crop_frames, seed=cfg.seed, cache_dir=cache_dir,
-                          frontend_cfg=cfg.frontend)
+                          frontend_cfg=cfg.frontend, short_files=cfg.short_files)
     if dataset.cache_dir:  # filled once, by rank 0; the other ranks wait and then read it
         if main_proc:
             dataset.fill_cache()

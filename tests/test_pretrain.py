@@ -219,6 +219,40 @@ def test_kaldi_fbank_crops_are_whole_and_agree(tmp_path):
             torch.testing.assert_close(a, b, rtol=0, atol=0.02)
 
 
+def test_short_files_are_padded_after_their_normalised_frames_or_tiled(tmp_path):
+    """short_files="pad" (SSAST / SSAMBA's loaders): a file shorter than a crop gives its own
+    frames, normalised as the frontend normalises a clip, then padding frames of the value the
+    plugin's runtime pads windows with; the cache agrees. "tile" (the default) repeats them."""
+    from hear_ssam.frontend import SSAMBA_FBANK, FrontendConfig, build_frontend, pad_value, to_mono_16k
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    sf.write(folder / "word.wav", (0.2 * rng.standard_normal(int(22050 * 3.1))).astype(np.float32), 22050)
+    files = list_audio(folder)
+    audio, rate = sf.read(files[0], dtype="float32", always_2d=True)
+    for cfg, crop_frames in ((SSAMBA_FBANK, 1024), (FrontendConfig(), 500)):
+        front = build_frontend(cfg)
+        frames = front.normalise(front.features(to_mono_16k(audio, rate)[None]))[0]  # [1, T, F]
+        n = frames.shape[1]
+        assert 300 < n < crop_frames
+        padded = CropDataset(files, crop_frames=crop_frames, frontend_cfg=cfg, short_files="pad")
+        cached = CropDataset(files, crop_frames=crop_frames, frontend_cfg=cfg, short_files="pad",
+                             cache_dir=tmp_path / cfg.kind)
+        cached.fill_cache(workers=1)
+        a, b = padded[(0, 0, 0)], cached[(0, 0, 0)]
+        assert a.shape == b.shape == (1, crop_frames, cfg.n_mels)
+        torch.testing.assert_close(a[:, :n], frames, rtol=0, atol=1e-4)
+        assert torch.all(a[:, n:] == pad_value(cfg)) and torch.all(b[:, n:] == pad_value(cfg))
+        torch.testing.assert_close(a, b, rtol=0, atol=0.02)  # the cache stores fp16
+        tiled = CropDataset(files, crop_frames=crop_frames, frontend_cfg=cfg)[(0, 0, 0)]
+        torch.testing.assert_close(tiled[:, n:], tiled[:, :crop_frames - n])  # repeated, then normalised as one crop
+    assert pad_value(SSAMBA_FBANK) != 0.0  # zero fbank, normalised
+    with pytest.raises(ValueError, match="short_files must be one of .*'tile', 'pad'.* got 'zeros'"):
+        CropDataset(files, short_files="zeros")
+    with pytest.raises(ValueError, match="short_files must be 'tile' or 'pad', got 'zeros'"):
+        TrainConfig(short_files="zeros")
+
+
 def test_every_file_failing_is_a_clear_error(tmp_path):
     folder = make_audio(tmp_path / "audio", n=3)
     ds = CropDataset(list_audio(folder))

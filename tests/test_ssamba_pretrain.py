@@ -271,6 +271,7 @@ def test_ssamba_configs_follow_the_paper():
         assert cfg.warmup_steps == 1000 and cfg.schedule == "plateau" and cfg.plateau_every == 4000
         assert cfg.plateau_patience == 2 and cfg.plateau_factor == 0.5 and cfg.plateau_metric == "accuracy"
         assert cfg.masking == "cluster" and cfg.objective == "ssast_joint" and cfg.precision == "fp32"
+        assert cfg.short_files == "pad"  # SSAST / SSAMBA's loaders zero-pad short clips
         assert 512 - int(512 * (1 - cfg.mask_ratio)) == 300
         assert cfg.encoder_config() == PRESETS[cfg.preset]
     cpu = load_config(ROOT / "pretrain" / "configs" / "ssamba_tiny_cpu.yaml")
@@ -278,6 +279,7 @@ def test_ssamba_configs_follow_the_paper():
     assert (cpu.global_batch, cpu.max_steps, cpu.length_weight_cap_s) == (32, 400, 10)
     assert cpu.max_steps * cpu.global_batch * cpu.encoder_config().crop_frames / 100 / 3600 == pytest.approx(36.4, abs=0.05)
     assert cpu.lr == pytest.approx(3e-4) and cpu.objective == "ssast_joint" and cpu.masking == "cluster"
+    assert cpu.short_files == "pad"
 
 
 # ------------------------------------------------------------------ training, exact resume
