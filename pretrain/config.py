@@ -10,6 +10,7 @@ from hear_ssam.encoder import EncoderConfig
 from hear_ssam.frontend import FrontendConfig
 from hear_ssam.presets import PRESETS, family_of_preset
 
+from .data import SHORT_FILES
 from .objectives import MASKINGS, objective_error, objective_metrics
 
 
@@ -77,8 +78,8 @@ class TrainConfig:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.schedule not in ("cosine", "plateau"):
             raise ValueError(f"schedule must be 'cosine' or 'plateau', got {self.schedule!r}")
-        if self.short_files not in ("tile", "pad"):
-            raise ValueError(f"short_files must be 'tile' or 'pad', got {self.short_files!r}")
+        if self.short_files not in SHORT_FILES:
+            raise ValueError(f"short_files must be {' or '.join(map(repr, SHORT_FILES))}, got {self.short_files!r}")
         if self.length_weight_cap_s is not None and self.length_weight_cap_s <= 0:
             raise ValueError(f"length_weight_cap_s must be > 0 seconds (or null), got {self.length_weight_cap_s}")
         if self.warmup_steps is not None and self.warmup_steps < 0:

@@ -83,6 +83,10 @@ def _lcm(a: int, b: int) -> int:
     return a * b // math.gcd(a, b)
 
 
+# How a file shorter than a crop fills it (CropDataset's `short_files`, TrainConfig's too).
+SHORT_FILES = ("tile", "pad")
+
+
 class CropDataset(Dataset):
     """Item (epoch, position, file index) -> standardised feature crop [1, crop_frames, F].
 
@@ -91,20 +95,19 @@ class CropDataset(Dataset):
     derive_seed("crop", seed, epoch, position). A file shorter than a crop fills it as
     `short_files` says: "tile" repeats its frames; "pad" follows its normalised frames with
     padding frames of the frontend's `pad_value` (SSAST / SSAMBA's loaders, and this plugin's
-    runtime for the last window of a clip). Two paths give the same crops: with a cache, whole-file features are computed
-    once (`fill_cache`, fp16 .npy) and sliced; without one, only a window of audio around
-    the crop is read, resampled on the 16 kHz grid of the whole file and trimmed of a margin
-    wider than the STFT window, so its frames equal the whole-file ones.
+    runtime for the last window of a clip). Two paths give the same crops: with a cache,
+    whole-file features are computed once (`fill_cache`, fp16 .npy) and sliced; without one,
+    only a window of audio around the crop is read, resampled on the 16 kHz grid of the whole
+    file and trimmed of a margin wider than the STFT window, so its frames equal the
+    whole-file ones.
     """
 
     MARGIN_FRAMES = 3  # > n_fft / 2 samples of context on each side of a window
 
-    SHORT_FILES = ("tile", "pad")
-
     def __init__(self, files, crop_frames=200, seed=0, cache_dir=None, frontend_cfg: FrontendConfig | None = None,
                  short_files: str = "tile"):
-        if short_files not in self.SHORT_FILES:
-            raise ValueError(f"short_files must be one of {self.SHORT_FILES}, got {short_files!r}")
+        if short_files not in SHORT_FILES:
+            raise ValueError(f"short_files must be one of {SHORT_FILES}, got {short_files!r}")
         self.short_files = short_files
         good, bad = check_files(files)
         if bad:
@@ -117,6 +120,7 @@ class CropDataset(Dataset):
         self.skipped = bad
         self.crop_frames, self.seed = crop_frames, seed
         self.frontend_cfg = frontend_cfg or FrontendConfig()
+        self.pad_value = pad_value(self.frontend_cfg)  # the normalised value of padding frames
         self.frontend = build_frontend(self.frontend_cfg)
         self.hop = self.frontend_cfg.hop_length
         self.sample_rate = self.frontend_cfg.sample_rate
@@ -243,7 +247,9 @@ class CropDataset(Dataset):
             try:
                 crop = self.frontend.normalise(self._crop(j, rng).unsqueeze(0))[0]  # per crop
                 missing = self.crop_frames - crop.shape[1]  # > 0 only for a padded short file
-                return torch.nn.functional.pad(crop, (0, 0, 0, missing), value=pad_value(self.frontend_cfg))
+                if missing:
+                    crop = torch.nn.functional.pad(crop, (0, 0, 0, missing), value=self.pad_value)
+                return crop
             except Exception as e:  # a file that broke after the check: use the next one
                 log.warning("cannot read %s (%s); using the next file", self.files[j], e)
                 errors.append(f"{self.files[j]}: {type(e).__name__}: {e}")
