@@ -20,9 +20,8 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..ops import selective_scan
+from ..ops import causal_conv1d, selective_scan
 from .drop_path import DropPath
 from .mamba import Mamba, MambaBlock
 
@@ -70,9 +69,8 @@ class BiMamba(Mamba):
     def _direction(self, x, z, conv1d, x_proj, dt_proj, A_log, D):
         """One direction's SSM on x, z [B, E, L] (already in that direction's time order):
         causal conv + SiLU -> x_proj -> dt, B, C -> selective scan (D skip, SiLU(z) gate)."""
-        seqlen = x.shape[-1]
         A = -torch.exp(A_log.float())
-        x = F.silu(conv1d(x)[..., :seqlen])  # causal: keep the first L outputs
+        x = causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
         dt, B, C = torch.split(x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias is added inside the scan
         B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()

@@ -1,9 +1,11 @@
 """Mamba-1 mixer with mamba_ssm's parameter names, shapes and initialisation, and its block.
 
 State dicts of `mamba_ssm.modules.mamba_simple.Mamba` (and the official SSAM checkpoints,
-which are built from it) load into `Mamba` strictly. The scan itself is numerics, chosen by
-the one dispatch point `hear_ssam.ops.selective_scan` (mamba_ssm's fused CUDA kernel when
-it imports, else the fastest available implementation for the device).
+which are built from it) load into `Mamba` strictly. The scan and the causal convolution are
+numerics, each chosen by its one dispatch point, `hear_ssam.ops.selective_scan` (mamba_ssm's
+fused CUDA kernel when it imports, else the fastest available implementation for the device)
+and `hear_ssam.ops.causal_conv1d` (the `conv1d` module holds the weights; the compiled kernel
+computes conv + SiLU on CPU).
 """
 from __future__ import annotations
 
@@ -11,9 +13,8 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..ops import selective_scan
+from ..ops import causal_conv1d, selective_scan
 from .drop_path import DropPath
 
 
@@ -51,11 +52,10 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states):
         """[B, L, d_model] -> [B, L, d_model]."""
-        seqlen = hidden_states.shape[1]
         A = -torch.exp(self.A_log.float())
         xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2E, L]
         x, z = xz.chunk(2, dim=1)
-        x = F.silu(self.conv1d(x)[..., :seqlen])  # causal: keep the first L outputs
+        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
         dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)),
                                [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # bias is added inside the scan

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import causal_conv1d
 from ..ops.mlstm import BACKENDS, mlstm_chunkwise, mlstm_parallel, mlstm_recurrent
 
 __all__ = [
@@ -118,9 +119,10 @@ class CausalDepthwiseConv1d(nn.Module):
     def reset_parameters(self) -> None:
         self.conv.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        L = x.shape[1]
-        return self.conv(x.transpose(1, 2))[..., :L].transpose(1, 2)
+    def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+        """x [B, L, E] -> [B, L, E]; activation "silu" fuses the SiLU that follows (one pass on CPU)."""
+        return causal_conv1d(x.transpose(1, 2), self.conv.weight.squeeze(1), self.conv.bias,
+                             activation=activation).transpose(1, 2)
 
 
 class mLSTMCell(nn.Module):
@@ -221,7 +223,7 @@ class mLSTMLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_m, z = self.proj_up(x).chunk(2, dim=-1)                      # [B, L, E] each
-        x_c = F.silu(self.conv1d(x_m))
+        x_c = self.conv1d(x_m, activation="silu")
         h = self.mlstm_cell(self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m))
         return self.proj_down((h + self.learnable_skip * x_c) * F.silu(z))
 
