@@ -7,7 +7,10 @@
 causal_conv1d's `causal_conv1d_fn` arguments and semantics, fp32 maths (inputs of other dtypes
 are cast, the result is returned in x's dtype, as the compiled scan does), gradients for x,
 weight and bias. The kernels are in csrc/causal_conv1d_cpu.cpp (which says why they are written
-by hand), built by `cpu_build.CpuExtension` like the scan's, in their own cache folder.
+by hand), built by `cpu_build.CpuExtension` like the scan's, in their own cache folder. Its
+sigmoid repeats the scan's exp2 polynomial rather than sharing a header: torch's
+`cpp_extension.load` decides on a rebuild from the listed sources only, so a cached library
+would not notice a changed header.
 """
 from __future__ import annotations
 
