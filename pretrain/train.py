@@ -313,18 +313,27 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
                "to_step": step, "wall_s": 0.0,
                "precision": cfg.precision if use_amp else "fp32"}  # what ran: fp16 configs run fp32 on CPUs
 
-    def batches_from(step):
-        """Micro-batches from `step` on, epoch by epoch (each epoch its own deterministic order)."""
+    def draws_from(step):
+        """This process's (epoch, position, file) draws from `step` on, epoch after epoch (each
+        epoch its own deterministic order; epochs end on step boundaries)."""
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        start = in_epoch * cfg.micro_batch * accum
         while True:
-            epoch, in_epoch = divmod(step, steps_per_epoch)
-            sampler = EpochSampler(len(dataset), steps_per_epoch * cfg.global_batch, cfg.seed, epoch,
-                                   rank, world, start=in_epoch * cfg.micro_batch * accum, weights=weights)
-            loader = DataLoader(dataset, batch_size=cfg.micro_batch, sampler=sampler,
-                                num_workers=cfg.num_workers, drop_last=True, worker_init_fn=ignore_sigint,
-                                persistent_workers=False, pin_memory=cuda)
-            for batch in loader:
-                yield epoch, batch
-            step = (epoch + 1) * steps_per_epoch
+            yield from EpochSampler(len(dataset), steps_per_epoch * cfg.global_batch, cfg.seed, epoch,
+                                    rank, world, start=start, weights=weights)
+            epoch, start = epoch + 1, 0
+
+    def batches_from(step):
+        """(epoch, micro-batch) from `step` on, through one DataLoader for the whole run: its
+        workers are forked once, here, while this process is small. A loader per epoch forked
+        them from a process holding a training step's freed memory, which copy-on-write then
+        duplicated as training reused it (ssamba-tiny's CPU run, 16 GB, was OOM-killed at its
+        first epoch boundary, twice)."""
+        loader = DataLoader(dataset, batch_size=cfg.micro_batch, sampler=draws_from(step),
+                            num_workers=cfg.num_workers, drop_last=True, worker_init_fn=ignore_sigint,
+                            pin_memory=cuda)
+        for i, batch in enumerate(loader):
+            yield (step + i // accum) // steps_per_epoch, batch
 
     loss_value = float("nan")
     stream = batches_from(step)

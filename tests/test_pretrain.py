@@ -337,6 +337,33 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, preset):
     assert model.config["preset"] is None and model.config["family"] == preset.split("-")[0]  # a tiny variant
 
 
+def test_one_loader_serves_every_epoch_and_workers_draw_what_the_main_process_draws(tmp_path, monkeypatch):
+    """The data workers are forked once per run, not once per epoch: a fork from a process
+    holding a training step's freed memory doubles it by copy-on-write as training reuses it
+    (ssamba-tiny's 16 GB CPU run was OOM-killed at its first epoch boundary). And a worker
+    draws exactly the crops the main process would: the losses do not depend on num_workers."""
+    import pretrain.train as T
+    data = make_audio(tmp_path / "audio")
+    starts = tmp_path / "worker_starts"
+
+    def counting(worker_id):
+        with open(starts, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        T.signal.signal(T.signal.SIGINT, T.signal.SIG_IGN)
+
+    monkeypatch.setattr(T, "ignore_sigint", counting)
+    torch.set_num_threads(1)
+    try:
+        train(tiny_config(num_workers=1), str(data), tmp_path / "worker")  # 6 steps = 3 epochs
+        train(tiny_config(), str(data), tmp_path / "main")
+    finally:
+        torch.set_num_threads(2)
+    assert len(starts.read_text().split()) == 1
+    worker, main = losses(tmp_path / "worker"), losses(tmp_path / "main")
+    assert [s for s, _ in worker] == [1, 2, 3, 4, 5, 6]
+    assert [l for _, l in worker] == pytest.approx([l for _, l in main], rel=1e-6, abs=1e-7)
+
+
 def test_a_second_stage_starts_from_the_first_stages_weights_and_counts_both(tmp_path):
     """init_from: the run's step-0 weights are the file's (lr 0 keeps them, so the export
     equals the first stage bit for bit), the provenance names the file by hash and counts both
