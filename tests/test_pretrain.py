@@ -568,6 +568,35 @@ def test_the_compared_checkpoints_record_one_budget_and_recipe():
     assert Path(DEFAULT_CHECKPOINT).read_bytes() == (ckpts / "ssam_tiny_cpu_stage3.safetensors").read_bytes()
 
 
+def test_the_ssamba_file_saw_the_first_stages_hours_of_crops_from_the_same_corpus():
+    """results/mini_ssamba compares ssamba-tiny at the other families' first-stage budget
+    counted in hours of crops (its crops are 10.24 s, theirs 2 s): the committed file's
+    provenance says it ran ssamba_tiny_cpu.yaml's recipe to the end on the same corpus."""
+    import json
+    from safetensors import safe_open
+    from hear_ssam.checkpoint import METADATA_KEY
+    ckpts = ROOT / "results" / "checkpoints"
+
+    def config(path):
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()[METADATA_KEY])
+
+    ssamba, ssam = config(ckpts / "ssamba_tiny_cpu.safetensors"), config(ckpts / "ssam_tiny_cpu.safetensors")
+    recipe = load_config(ROOT / "pretrain" / "configs" / "ssamba_tiny_cpu.yaml")
+    prov = ssamba["provenance"]
+    assert prov["preset"] == recipe.preset == "ssamba-tiny"
+    assert (prov["steps"], prov["global_batch"]) == (recipe.max_steps, recipe.global_batch)
+    assert (prov["objective"], prov["masking"]) == (recipe.objective, recipe.masking)
+    assert prov["corpus_sha256"] == ssam["provenance"]["corpus_sha256"]
+
+    def crop_hours(cfg):
+        seconds = cfg["encoder"]["crop_frames"] * cfg["frontend"]["hop_length"] / cfg["frontend"]["sample_rate"]
+        return cfg["provenance"]["clips_seen"] * seconds / 3600
+
+    assert crop_hours(ssamba) == pytest.approx(36.41, abs=0.01)
+    assert crop_hours(ssamba) == pytest.approx(crop_hours(ssam), rel=0.03)  # 36.4 h vs 35.6 h
+
+
 def test_each_later_stage_names_its_start_by_hash_and_counts_every_stage():
     """Each committed stage k > 1 (results/checkpoints/{family}_tiny_cpu_stage{k}.safetensors)
     started from the committed stage k-1 file: its provenance names that file's sha256, counts
