@@ -344,12 +344,12 @@ def test_one_loader_serves_every_epoch_and_workers_draw_what_the_main_process_dr
     draws exactly the crops the main process would: the losses do not depend on num_workers."""
     import pretrain.train as T
     data = make_audio(tmp_path / "audio")
-    starts = tmp_path / "worker_starts"
+    starts, real = tmp_path / "worker_starts", T.ignore_sigint
 
     def counting(worker_id):
         with open(starts, "a") as f:
             f.write(f"{os.getpid()}\n")
-        T.signal.signal(T.signal.SIGINT, T.signal.SIG_IGN)
+        real(worker_id)
 
     monkeypatch.setattr(T, "ignore_sigint", counting)
     torch.set_num_threads(1)
@@ -529,12 +529,16 @@ def test_later_stage_configs_differ_only_in_the_preset_and_the_start():
     assert (configs / "axlstm_tiny_cpu_stage2.yaml").exists()
 
 
-def _provenance(path):
+def _file_config(path):
     import json
     from safetensors import safe_open
     from hear_ssam.checkpoint import METADATA_KEY
     with safe_open(str(path), framework="pt") as f:  # the header only: no weights are read
-        return json.loads(f.metadata()[METADATA_KEY])["provenance"]
+        return json.loads(f.metadata()[METADATA_KEY])
+
+
+def _provenance(path):
+    return _file_config(path)["provenance"]
 
 
 RECIPE_KEYS = ("corpus_sha256", "clips_seen", "steps", "global_batch", "objective", "masking",
@@ -572,16 +576,8 @@ def test_the_ssamba_file_saw_the_first_stages_hours_of_crops_from_the_same_corpu
     """results/mini_ssamba compares ssamba-tiny at the other families' first-stage budget
     counted in hours of crops (its crops are 10.24 s, theirs 2 s): the committed file's
     provenance says it ran ssamba_tiny_cpu.yaml's recipe to the end on the same corpus."""
-    import json
-    from safetensors import safe_open
-    from hear_ssam.checkpoint import METADATA_KEY
     ckpts = ROOT / "results" / "checkpoints"
-
-    def config(path):
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()[METADATA_KEY])
-
-    ssamba, ssam = config(ckpts / "ssamba_tiny_cpu.safetensors"), config(ckpts / "ssam_tiny_cpu.safetensors")
+    ssamba, ssam = _file_config(ckpts / "ssamba_tiny_cpu.safetensors"), _file_config(ckpts / "ssam_tiny_cpu.safetensors")
     recipe = load_config(ROOT / "pretrain" / "configs" / "ssamba_tiny_cpu.yaml")
     prov = ssamba["provenance"]
     assert prov["preset"] == recipe.preset == "ssamba-tiny"
