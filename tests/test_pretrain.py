@@ -508,8 +508,8 @@ def test_cpu_comparison_configs_share_one_budget_and_recipe():
 def test_later_stage_configs_differ_only_in_the_preset_and_the_start():
     """The later stages keep the comparison one budget: stage k of each family is the first
     stage's config with init_from its own stage k-1 file (committed) and seed k-1. ssam and
-    ssast have stages 2 and 3 (the main job's pair); axlstm has whichever it has so far."""
-    start = {2: "{family}_tiny_cpu", 3: "{family}_tiny_cpu_stage2"}
+    ssast have stages 2 to 4 (the main job's pair); axlstm has whichever it has so far."""
+    start = {2: "{family}_tiny_cpu", 3: "{family}_tiny_cpu_stage2", 4: "{family}_tiny_cpu_stage3"}
     configs = ROOT / "pretrain" / "configs"
     for stage, start_name in start.items():
         stages = {}
