@@ -549,14 +549,17 @@ def test_the_compared_checkpoints_record_one_budget_and_recipe():
     """What the leaderboards compare was trained alike, by the provenance the files carry (only
     the preset differs; bf16 vs fp32 autocast is not a recipe key): the main job's bundled
     default and the ssast-tiny file scripts/main.sh names saw the same corpus, crops, batch,
-    schedule and masking (192,000 crops: three stages each); the families table's three first
-    stages did too (64,000 crops)."""
+    schedule and masking (64,000 crops per stage, the same number of stages); the families
+    table's three first stages did too (64,000 crops)."""
     import re
     from hear_ssam.api import DEFAULT_CHECKPOINT
     ckpts = ROOT / "results" / "checkpoints"
     main_ssast = re.search(r"ssast-tiny=(\S+?)\)", (ROOT / "scripts" / "main.sh").read_text())
     assert main_ssast, "scripts/main.sh names no ssast-tiny checkpoint"
-    groups = {192_000: {"ssam-tiny": DEFAULT_CHECKPOINT, "ssast-tiny": ROOT / main_ssast.group(1)},
+    default_clips = _provenance(DEFAULT_CHECKPOINT)["clips_seen"]
+    stages = default_clips // 64_000
+    assert default_clips == 64_000 * stages and stages >= 3
+    groups = {default_clips: {"ssam-tiny": DEFAULT_CHECKPOINT, "ssast-tiny": ROOT / main_ssast.group(1)},
               64_000: {preset: ckpts / f"{preset.replace('-', '_')}_cpu.safetensors"
                        for preset in ("ssam-tiny", "ssast-tiny", "axlstm-tiny")}}
     for clips, files in groups.items():
@@ -568,8 +571,9 @@ def test_the_compared_checkpoints_record_one_budget_and_recipe():
         first, *rest = recipes.values()
         assert all(r == first for r in rest), recipes
         assert first["clips_seen"] == clips
-    # The default is the committed third stage of ssam-tiny, byte for byte.
-    assert Path(DEFAULT_CHECKPOINT).read_bytes() == (ckpts / "ssam_tiny_cpu_stage3.safetensors").read_bytes()
+    # The default is the committed stage of ssam-tiny its crops count, byte for byte.
+    stage_file = ckpts / f"ssam_tiny_cpu_stage{stages}.safetensors"
+    assert Path(DEFAULT_CHECKPOINT).read_bytes() == stage_file.read_bytes()
 
 
 def test_the_ssamba_file_saw_the_first_stages_hours_of_crops_from_the_same_corpus():
