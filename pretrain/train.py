@@ -191,10 +191,12 @@ class StopRequest:
             signal.signal(s, handler)
 
 
-def ignore_sigint(worker_id: int):
-    """DataLoader workers share the terminal's process group: Ctrl-C reaches them too, and a
-    worker that exits on it would fail the step the main process is finishing to save."""
+def ignore_stop_signals(worker_id: int):
+    """DataLoader workers share the run's process group: Ctrl-C reaches them too, and so does
+    SIGTERM from `timeout`, Slurm or `pkill -f`; a worker that exits on either would fail the
+    step the main process is finishing to save. The main process stops them when it exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ------------------------------------------------------------------ the loop
@@ -330,7 +332,7 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
         duplicated as training reused it (ssamba-tiny's CPU run, 16 GB, was OOM-killed at its
         first epoch boundary, twice)."""
         loader = DataLoader(dataset, batch_size=cfg.micro_batch, sampler=draws_from(step),
-                            num_workers=cfg.num_workers, drop_last=True, worker_init_fn=ignore_sigint,
+                            num_workers=cfg.num_workers, drop_last=True, worker_init_fn=ignore_stop_signals,
                             pin_memory=cuda)
         for i, batch in enumerate(loader):
             yield (step + i // accum) // steps_per_epoch, batch

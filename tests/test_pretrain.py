@@ -344,14 +344,14 @@ def test_one_loader_serves_every_epoch_and_workers_draw_what_the_main_process_dr
     draws exactly the crops the main process would: the losses do not depend on num_workers."""
     import pretrain.train as T
     data = make_audio(tmp_path / "audio")
-    starts, real = tmp_path / "worker_starts", T.ignore_sigint
+    starts, real = tmp_path / "worker_starts", T.ignore_stop_signals
 
     def counting(worker_id):
         with open(starts, "a") as f:
             f.write(f"{os.getpid()}\n")
         real(worker_id)
 
-    monkeypatch.setattr(T, "ignore_sigint", counting)
+    monkeypatch.setattr(T, "ignore_stop_signals", counting)
     torch.set_num_threads(1)
     try:
         train(tiny_config(num_workers=1), str(data), tmp_path / "worker")  # 6 steps = 3 epochs
@@ -435,8 +435,8 @@ def test_cli_errors_are_clear(tmp_path):
 
 
 def test_a_stop_signal_saves_the_step_and_resume_continues_from_it(tmp_path):
-    """Ctrl-C (SIGINT to the whole process group, DataLoader worker included) and SIGTERM (what
-    `timeout` sends): the step in progress finishes, is checkpointed, the exit code names the
+    """Ctrl-C and SIGTERM (what `timeout`, Slurm and `pkill -f` send), each to the whole
+    process group, DataLoader worker included: the step in progress finishes, is checkpointed, the exit code names the
     signal, and --resume starts from exactly that step, not the last periodic checkpoint."""
     import signal
     import time
@@ -458,7 +458,7 @@ def test_a_stop_signal_saves_the_step_and_resume_continues_from_it(tmp_path):
                 break
             time.sleep(0.2)
         assert p.poll() is None, p.stderr.read()[-3000:]
-        os.killpg(p.pid, sig) if sig == signal.SIGINT else p.send_signal(sig)
+        os.killpg(p.pid, sig)
         err = p.communicate(timeout=120)[1]
         return p.returncode, err
 
