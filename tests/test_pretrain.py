@@ -436,8 +436,9 @@ def test_cli_errors_are_clear(tmp_path):
 
 def test_a_stop_signal_saves_the_step_and_resume_continues_from_it(tmp_path):
     """Ctrl-C and SIGTERM (what `timeout`, Slurm and `pkill -f` send), each to the whole
-    process group, DataLoader worker included: the step in progress finishes, is checkpointed, the exit code names the
-    signal, and --resume starts from exactly that step, not the last periodic checkpoint."""
+    process group, DataLoader worker included: the step in progress finishes, is checkpointed,
+    the exit code names the signal, and --resume starts from exactly that step, not the last
+    periodic checkpoint."""
     import signal
     import time
     from pretrain.checkpoints import load_training_checkpoint
@@ -541,6 +542,8 @@ def _provenance(path):
     return _file_config(path)["provenance"]
 
 
+CROPS_PER_STAGE = 64_000  # each CPU stage: 2,000 steps x 32 crops
+
 RECIPE_KEYS = ("corpus_sha256", "clips_seen", "steps", "global_batch", "objective", "masking",
                "mask_ratio", "lr", "lr_schedule", "length_weight_cap_s")
 
@@ -557,10 +560,10 @@ def test_the_compared_checkpoints_record_one_budget_and_recipe():
     main_ssast = re.search(r"ssast-tiny=(\S+?)\)", (ROOT / "scripts" / "main.sh").read_text())
     assert main_ssast, "scripts/main.sh names no ssast-tiny checkpoint"
     default_clips = _provenance(DEFAULT_CHECKPOINT)["clips_seen"]
-    stages = default_clips // 64_000
-    assert default_clips == 64_000 * stages and stages >= 3
+    stages = default_clips // CROPS_PER_STAGE
+    assert default_clips == CROPS_PER_STAGE * stages and stages >= 3
     groups = {default_clips: {"ssam-tiny": DEFAULT_CHECKPOINT, "ssast-tiny": ROOT / main_ssast.group(1)},
-              64_000: {preset: ckpts / f"{preset.replace('-', '_')}_cpu.safetensors"
+              CROPS_PER_STAGE: {preset: ckpts / f"{preset.replace('-', '_')}_cpu.safetensors"
                        for preset in ("ssam-tiny", "ssast-tiny", "axlstm-tiny")}}
     for clips, files in groups.items():
         recipes = {}
@@ -610,8 +613,8 @@ def test_each_later_stage_names_its_start_by_hash_and_counts_every_stage():
         while (later := ckpts / f"{family}_tiny_cpu_stage{stage}.safetensors").exists():
             one, two = _provenance(earlier), _provenance(later)
             assert two["init_from"]["sha256"] == hashlib.sha256(earlier.read_bytes()).hexdigest()
-            assert two["init_from"]["clips_seen"] == one["clips_seen"] == 64_000 * (stage - 1)
-            assert two["clips_seen"] == 64_000 * stage and two["clips_seen_this_run"] == 64_000
+            assert two["init_from"]["clips_seen"] == one["clips_seen"] == CROPS_PER_STAGE * (stage - 1)
+            assert two["clips_seen"] == CROPS_PER_STAGE * stage and two["clips_seen_this_run"] == CROPS_PER_STAGE
             for key in RECIPE_KEYS:
                 if key != "clips_seen":
                     assert two[key] == one[key], (later.name, key)
