@@ -407,7 +407,9 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
                 save_reconstruction(out / "plots" / f"step_{step:07d}.png", encoder, spec[0], shown[0],
                                     pred[0].detach(), step, loss_value)
             if main_proc and (step % cfg.ckpt_every == 0 or step == total or stopping):
-                segment.update(to_step=step, wall_s=round(time.time() - started, 1))
+                wall = time.time() - started  # this segment's, start-up and checkpoints included
+                segment.update(to_step=step, wall_s=round(wall, 1),
+                               clips_per_s=round((step - segment["from_step"]) * cfg.global_batch / max(wall, 1e-9), 2))
                 state = dict(extra, last_loss=loss_value, segments=[*segments, segment])
                 if plateau is not None:
                     state["plateau"] = plateau.state_dict()

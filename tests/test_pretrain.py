@@ -334,6 +334,8 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, preset):
     # one provenance segment per start, with what ran there
     assert [(g["from_step"], g["to_step"], g["precision"]) for g in model.config["provenance"]["segments"]] \
         == [(0, 3, "fp32"), (3, 6, "fp32")]
+    for g in model.config["provenance"]["segments"]:  # the hardware, wall time and throughput of each
+        assert g["hardware"] and g["wall_s"] > 0 and g["clips_per_s"] > 0, g
     assert model.config["preset"] is None and model.config["family"] == preset.split("-")[0]  # a tiny variant
 
 
