@@ -230,6 +230,9 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
     torch.manual_seed(cfg.seed)
     encoder = SpectrogramEncoder(cfg.encoder_config())
     core = MaskedSpectrogramModel(encoder, cfg.objective)  # refuses an objective whose heads are missing
+    # On the device before the optimizer exists: a resumed optimizer state is placed on its
+    # parameters' device (moved later, the state stayed on the CPU and a GPU resume failed)
+    encoder.to(device)
     files = list_audio(data)
     dataset = CropDataset(files, crop_frames=encoder.cfg.crop_frames, seed=cfg.seed, cache_dir=cache_dir,
                           frontend_cfg=cfg.frontend, short_files=cfg.short_files)
@@ -288,7 +291,6 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
         if main_proc:
             log.info("starting from the weights of %s (%s crops seen, sha256 %s...)", cfg.init_from,
                      init_record["clips_seen"], init_record["sha256"][:12])
-    encoder.to(device)
     make_mask = MASKINGS[cfg.masking]
     grid = (*encoder.cfg.grid, encoder.cfg.patch_order)  # (n_t, n_f, token order)
     n_masks = masks_per_step(cfg.objective)

@@ -167,7 +167,7 @@ CHILD = textwrap.dedent(r'''
         for k in ref:
             a, b = ref[k].float(), got[k].float()
             scale = a.abs().max().item()
-            out[k] = dict(err=(a - b).abs().max().item() / max(scale, 1e-30), scale=scale,
+            out[k] = dict(err=(a - b).abs().max().item() / (scale or 1.0), scale=scale,  # 0: see _max_error
                           dtype=str(got[k].dtype), shape=list(got[k].shape), ref_shape=list(ref[k].shape))
         return out
 
@@ -285,6 +285,15 @@ def _run_cuda(fn, t, **kw):
     return {"y": y.detach(), **{k: v.grad for k, v in xs.items()}}
 
 
+def _max_error(ref, got):
+    """max |got - ref| / max |ref|; the absolute error where the reference is exactly zero.
+    A one-step sequence's dA is exactly 0 in the reference (h_{-1} = 0), and the kernel's
+    h_t - dBu_t leaves rounding residue (~1e-8 after the GPU's fused multiply-adds; the
+    interpreter gives 0): relative to zero that read as an error of 7e22 on an H200."""
+    scale = ref.abs().max().item()
+    return (ref - got).abs().max().item() / (scale or 1.0)
+
+
 @cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("shape", [(2, 96, 251, 24), (1, 37, 1, 16), (2, 50, 333, 6), (1, 576, 2000, 24)])
@@ -298,7 +307,7 @@ def test_compiled_scan_matches_reference(dtype, tol, shape):
     for k in ref:
         a, b = ref[k].float(), got[k].float()
         assert got[k].dtype == ref[k].dtype, (k, got[k].dtype, ref[k].dtype)
-        err = (a - b).abs().max().item() / max(a.abs().max().item(), 1e-30)
+        err = _max_error(a, b)
         assert err < tol, f"{shape} {dtype}: {k} error {err:.2e}"
 
 

@@ -74,6 +74,7 @@ pretrain_runs() {  # the real pipeline on the carried subset: 250 steps x 256 cr
         && [ $waited -lt 100 ]; do sleep 1; waited=$((waited + 1)); done
   kill -INT $pid; wait $pid
   python3 -m pretrain train --config pretrain/configs/ssam_tiny_cpu.yaml --out $ssam "${common[@]}" --resume
+  [ "${1:-}" = ssam-only ] && return
   python3 -m pretrain train --config pretrain/configs/ssast_tiny_cpu.yaml --out /tmp/gpu_runs/ssast "${common[@]}"
 }
 
@@ -91,9 +92,10 @@ run() {
     tests/test_pretrain.py -k "not torchrun and not budget and not later_stage and not ssamba_file"
     # (left out: the DDP test runs on CPU and needs hear-validator; the others read the
     # committed checkpoints, which stay here to keep the call under 64 MiB)
-  step 70 "bench_gpu" python3 tests/benchmarks/bench_gpu.py --out "$out"
+  step 90 "bench_gpu" python3 tests/benchmarks/bench_gpu.py --out "$out" --clips 16
   step 180 "pretraining on the GPU" bash "$SELF" pretrain
-  tar czf "$out/pretrain_gpu.tar.gz" --exclude=checkpoint.safetensors --exclude=tb -C /tmp gpu_runs
+  for run in /tmp/gpu_runs/*/; do python3 -m hear_ssam info "$run/model.safetensors" > "$out/info_$(basename "$run").json"; done
+  tar czf "$out/pretrain_gpu.tar.gz" --exclude="*.safetensors" --exclude=tb -C /tmp gpu_runs  # the files: over 16 MiB
   step 50 "bench_scan_gpu" python3 tests/benchmarks/bench_scan_gpu.py --ref-max-l 2000
   step 60 "bench_length" python3 tests/benchmarks/bench_length.py --device cuda --out "$out" --min-time 0.3 \
     --seconds 2 10 30 120
@@ -103,6 +105,6 @@ run() {
 case "${1:-}" in
   prepare) prepare ;;
   run) shift; run "$@" ;;
-  pretrain) pretrain_runs ;;
-  *) echo "usage: gpu_check.sh prepare | run OUT | pretrain" >&2; exit 2 ;;
+  pretrain) shift; pretrain_runs "$@" ;;
+  *) echo "usage: gpu_check.sh prepare | run OUT | pretrain [ssam-only]" >&2; exit 2 ;;
 esac
