@@ -3,7 +3,7 @@
 #   1. build the mini suite (5 HEAR bundles of real audio from Debian packages, one an event task)
 #   2. validate the bundled default model with hear-validator
 #   3. heareval embeddings + probes (5 seeds) for the log-mel baseline, the bundled ssam-tiny,
-#      its random initialisation and ssast-tiny pretrained with the same 192,000-crop budget
+#      its random initialisation and ssast-tiny pretrained with the same 256,000-crop budget
 #      (the 25-minute budget leaves out axlstm-tiny and ssamba-tiny; README gives the command
 #      that adds them, and their rows in results/mini_families/)
 #   4. leaderboard (CSV in the HEAR format, Markdown, chart) in results/mini/
@@ -51,12 +51,12 @@ echo "CPU selective scan: $scan"
 # ssam-tiny-random: the bundled model's architecture at its seeded random initialisation, so
 # the leaderboard shows what pretraining added. ssast-tiny: the Transformer baseline trained
 # with the bundled model's data, budget and recipe (ssast_tiny_cpu.yaml, then
-# ssast_tiny_cpu_stage2.yaml and ssast_tiny_cpu_stage3.yaml as the default's three stages),
+# ssast_tiny_cpu_stage{2,3,4}.yaml as the default's four stages),
 # so the rows compare encoders, not budgets.
 random_init=data/ckpt/ssam_tiny_random_init.safetensors
 [ -f "$random_init" ] || $PY -m hear_ssam init ssam-tiny "$random_init" --seed 0
 models=(logmel ssam-tiny=default ssam-tiny-random="$random_init"
-        ssast-tiny=results/checkpoints/ssast_tiny_cpu_stage3.safetensors)
+        ssast-tiny=results/checkpoints/ssast_tiny_cpu_stage4.safetensors)
 $PY -m eval_suites run mini --tasks-dir data/tasks --out "$OUT" "${models[@]/#/--model=}"
 
 echo "== 4/4 leaderboard"
