@@ -91,4 +91,3 @@ def test_hear_embeddings_on_cuda_match_the_cpu(preset):
         assert low.dtype == torch.float32 and torch.isfinite(low).all(), precision
         print(f"{preset} {precision}: relative L2 to fp32 {rel(low.cpu(), emb_cpu):.5f}")
         assert rel(low.cpu(), emb_cpu) < 2e-2, (precision, rel(low.cpu(), emb_cpu))
-    gpu_model.precision = "fp32"

@@ -30,16 +30,17 @@ from pretrain.objectives import MASKINGS, MaskedSpectrogramModel  # noqa: E402
 
 
 def timed(fn, repeats):
+    """(median seconds of `repeats` calls after two warm-ups, the last call's result)."""
     for _ in range(2):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        fn()
+        result = fn()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(times), result
 
 
 def bench_train(preset, micro_batch, precision, repeats):
@@ -61,7 +62,7 @@ def bench_train(preset, micro_batch, precision, repeats):
         opt.zero_grad(set_to_none=True)
 
     torch.cuda.reset_peak_memory_stats()
-    seconds = timed(step, repeats)
+    seconds, _ = timed(step, repeats)
     return micro_batch / seconds, torch.cuda.max_memory_allocated() / 2**20
 
 
@@ -73,8 +74,7 @@ def bench_embed(preset, clips, repeats):
     for precision in ("fp32", "fp16"):
         model.precision = precision
         with torch.no_grad():
-            seconds = timed(lambda: hear_ssam.get_timestamp_embeddings(audio, model), repeats)
-            emb, _ = hear_ssam.get_timestamp_embeddings(audio, model)
+            seconds, (emb, _) = timed(lambda: hear_ssam.get_timestamp_embeddings(audio, model), repeats)
         out[precision] = (clips * 10 / seconds, emb.double())
     diff = ((out["fp16"][1] - out["fp32"][1]).norm() / out["fp32"][1].norm()).item()
     return out["fp32"][0], out["fp16"][0], diff
