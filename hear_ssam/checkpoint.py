@@ -65,17 +65,19 @@ def save_checkpoint(path, encoder: SpectrogramEncoder, token_order="time-major",
     path = Path(path)
     config = make_config(encoder.cfg, frontend, token_order, provenance)
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    _write_atomic(path, tensors, config)
+    write_safetensors(path, tensors, {METADATA_KEY: json.dumps(config)})
     return config
 
 
-def _write_atomic(path: Path, tensors: dict, config: dict):
-    """safetensors file with the config in its metadata, written to a .tmp and renamed (a crash
-    never leaves a half-written file); missing parent folders are made, as a user expects of
-    `python -m hear_ssam init ... new_folder/model.safetensors`."""
+def write_safetensors(path, tensors: dict, metadata: dict) -> None:
+    """The one writer of every safetensors file the project makes (plugin files, training
+    checkpoints): written to `path.tmp` and renamed over `path`, so a crash or a kill mid-write
+    leaves the previous file intact, never a half-written one. Missing parent folders are
+    made, as a user expects of `python -m hear_ssam init ... new_folder/model.safetensors`."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
+    save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
@@ -243,7 +245,7 @@ def save_baseline(path, preset: str, frontend: FrontendConfig) -> dict:
     path = Path(path)
     config = {"format": FORMAT, "preset": preset, "family": BASELINE_FAMILY, "frontend": frontend.to_dict(),
               "provenance": {"weights": "none: a feature baseline"}}
-    _write_atomic(path, {}, config)
+    write_safetensors(path, {}, {METADATA_KEY: json.dumps(config)})
     return config
 
 

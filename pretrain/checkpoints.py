@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from hear_ssam.checkpoint import TRAIN_METADATA_KEY, CheckpointError, parse_config, read_safetensors, upgrade_v1
+from hear_ssam.checkpoint import (TRAIN_METADATA_KEY, CheckpointError, parse_config, read_safetensors, upgrade_v1,
+                                  write_safetensors)
 
 TRAIN_FORMAT = "hear_ssam-train/2"
 TRAIN_FORMAT_V1 = "hear_ssam-train/1"  # encoder config in format-1 layout, no frontend
@@ -34,9 +33,7 @@ def save_training_checkpoint(path: Path, encoder, frontend, optimizer, scaler, s
     meta = {"format": TRAIN_FORMAT, "step": step, "config": cfg.to_dict(),
             "encoder": encoder.cfg.to_dict(), "frontend": frontend.to_dict(),
             "param_groups": opt["param_groups"], "scaler": scaler.state_dict(), **extra}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={TRAIN_METADATA_KEY: json.dumps(meta)})
-    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+    write_safetensors(path, tensors, {TRAIN_METADATA_KEY: json.dumps(meta)})  # atomic
 
 
 def checkpoint_step(path: Path) -> str:

@@ -215,33 +215,40 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     assert "x.pth: checkpoint file does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
-# Embeddings of the bundled model computed by release 0.1.0 (commit d41e35d, checkpoint
-# format 1) on torch.rand(2, 52800, generator=manual_seed(123)) * 2 - 1: format-1 files
-# must keep loading to the same model. That file (6,400 crops) was the bundled default until
-# issue 12 and is kept as results/checkpoints/ssam_tiny_release0.1.safetensors.
-RELEASE_0_1_FILE = Path(__file__).resolve().parents[1] / "results" / "checkpoints" / "ssam_tiny_release0.1.safetensors"
-RELEASE_0_1 = {
-    "timestamp_sums": [124.39077169207485, 125.77208819614407],
-    "first_frames": [0.46499279141426086, 0.4060624837875366, 0.6743435263633728, -2.1077189445495605,
-                     0.2279406189918518, 0.053500231355428696, -0.9354645609855652, -1.9312959909439087,
-                     -0.5601080656051636, 0.27726757526397705, -0.662926197052002, -3.00404691696167],
-    "official_order": [-0.6359535455703735, -0.523535966873169, -0.07268314063549042, -2.2977778911590576,
-                       -0.05948800593614578, 0.5306796431541443, 0.8196731805801392, -0.7821411490440369],
+# The header of a format-1 file as release 0.1.0 wrote it (the bundled default of that
+# release, provenance shortened): flat encoder fields with `arch`, a descriptive frontend
+# record, fp16 weights. Format-1 files must keep loading to the same model.
+FORMAT_1_CONFIG = {
+    "format": "hear_ssam/1", "preset": "ssam-tiny",
+    "encoder": {"arch": "ssam", "embed_dim": 192, "depth": 12, "n_mels": 80, "crop_frames": 200, "patch_time": 4,
+                "patch_freq": 16, "norm_eps": 1e-06, "d_state": 24, "d_conv": 4, "expand": 3, "num_heads": 3,
+                "mlp_ratio": 4.0},
+    "frontend": {"sample_rate": 16000, "n_fft": 400, "win_length": 400, "hop_length": 160, "f_min": 50.0,
+                 "f_max": 8000.0, "n_mels": 80, "log_eps": "float32 eps",
+                 "normalization": "per clip: (x - mean) / (std + 1e-8)"},
+    "token_order": "time-major",
+    "provenance": {"preset": "ssam-tiny", "steps": 200, "global_batch": 32, "clips_seen": 6400,
+                   "loss": "all", "hear_ssam_version": "0.1.0"},
 }
 
 
-def test_format1_release_0_1_model_gives_the_embeddings_of_release_0_1():
-    g = torch.Generator().manual_seed(123)
-    audio = torch.rand(2, 52800, generator=g) * 2 - 1
-    model = hear_ssam.load_model(str(RELEASE_0_1_FILE))
+def test_a_format1_file_loads_to_the_model_its_weights_make(tmp_path):
+    import json
+    from hear_ssam.checkpoint import METADATA_KEY
+    torch.manual_seed(3)
+    encoder = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS["ssam-tiny"]).half()  # stored as fp16, as then
+    path = tmp_path / "release0.1.safetensors"
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path),
+              metadata={METADATA_KEY: json.dumps(FORMAT_1_CONFIG)})
+    model = hear_ssam.load_model(str(path))
     assert model.config["format"] == "hear_ssam/2" and model.config["family"] == "ssam"
-    emb, _ = hear_ssam.get_timestamp_embeddings(audio, model)
-    torch.testing.assert_close(emb.double().sum(dim=(1, 2)), torch.tensor(RELEASE_0_1["timestamp_sums"],
-                               dtype=torch.float64), rtol=1e-5, atol=0)
-    torch.testing.assert_close(emb[0, :3, :4].flatten(), torch.tensor(RELEASE_0_1["first_frames"]), rtol=1e-5, atol=1e-6)
-    emb, _ = hear_ssam.get_timestamp_embeddings(audio, hear_ssam.load_model(str(RELEASE_0_1_FILE), token_order="official"))
-    assert emb.shape == (2, 83, 960)
-    torch.testing.assert_close(emb[1, :2, :4].flatten(), torch.tensor(RELEASE_0_1["official_order"]), rtol=1e-5, atol=1e-6)
+    assert model.config["preset"] == "ssam-tiny" and model.encoder.cfg == hear_ssam.PRESETS["ssam-tiny"]
+    assert model.frontend.cfg == hear_ssam.FrontendConfig()  # format 1 always meant SSAM's log-mel
+    assert model.config["provenance"]["clips_seen"] == 6400
+    direct = hear_ssam.HearSSAM(encoder.float().eval())
+    audio = noise(2, 3.3, seed=123)
+    for a, b in zip(hear_ssam.get_timestamp_embeddings(audio, model), hear_ssam.get_timestamp_embeddings(audio, direct)):
+        assert torch.equal(a, b)
 
 
 def test_loading_leaves_the_callers_random_state_alone(tmp_path, official_file, monkeypatch):
