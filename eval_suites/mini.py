@@ -4,7 +4,7 @@
 
 | task | mirrors | source | clips | classes | folds (disjoint by) |
 |---|---|---|---|---|---|
-| mini_phrases | Speech Commands | hedgewars-data: 10 English voice packs, every take | 450 x 2 s | 33 phrases said by all 10 voices | 4 (voice) |
+| mini_phrases | Speech Commands | hedgewars-data: 10 English voice packs, every take | 410 x 2 s | 33 phrases said by all 10 voices | 4 (voice) |
 | mini_drums | Mridangam Stroke | hydrogen-drumkits: 13 real kits, every velocity layer | 511 x 1 s | kick/snare/hihat/tom/cymbal/clap | 4 (kit, balanced) |
 | mini_pitch | NSynth Pitch | fluid-soundfont-gm rendered by fluidsynth | 768 x 1 s | 48 MIDI pitches (C2..B5) | 4 (instrument) |
 | mini_count | LibriCount | hedgewars-data: all 15 voice packs, mixed | 480 x 3 s | 1-4 speakers | 3 (voice) |

@@ -15,7 +15,7 @@ Suites and protocols:
   fold alone is a different number, not a noisier estimate of the same one.
 - `HEAREVAL_PROTOCOL` (grid, points and seeds only): what `python -m eval_suites run` uses for
   bundles no suite names, so an unknown bundle is probed as heareval would probe it.
-`HEAR2021_COLUMNS` is the official leaderboard's column order (alphabetical, REFERENCE §4b).
+`HEAR2021_COLUMNS` is the official leaderboard's column order (alphabetical, as hearbenchmark.com's leaderboard.csv has it).
 """
 from __future__ import annotations
 

@@ -105,7 +105,7 @@ def masked_info_nce(scores, target, mask):
     masked patches of the same clip are the negatives); loss = -mean over samples and rows of
     log_softmax(S, over columns)[i, i]; accuracy = how often argmax over rows of column j is j.
     (SSAST normalises over the predictions, not over the targets as the paper's equation (1)
-    does; see ssast issue #13.) -> (loss, accuracy)."""
+    does; see github.com/YuanGongND/ssast/issues/13.) -> (loss, accuracy)."""
     counts = mask.sum(1)
     if bool((counts == counts[0]).all()):  # every sample masks as many patches: one batched product
         B, M = mask.shape[0], int(counts[0])

@@ -17,6 +17,9 @@ into --out:
 - overall.csv       per model: HEAR normalised score and min-max s(m) (formulas in README)
 - leaderboard.png   per-task scores with 95 % intervals, one colour per model; baselines
                     grey and hatched, with a dashed line at their score across each task
+- models.csv        per model: the checkpoint it ran (relative to the repository when inside
+                    it) and the file's sha256, baseline or not, suite, date: which weights
+                    made each row
 Which task a bundle is: a bundle a suite names has that suite's column and metric; any other
 bundle is labelled by its task_name with the first "evaluation" entry of its
 task_metadata.json (the copy in the run's seed or embeddings folder) as primary metric.
@@ -45,6 +48,7 @@ from eval_suites.suites import HEAR2021, HEAR2021_COLUMNS, KNOWN_TASKS, LOWER_IS
 
 log = logging.getLogger("results")
 REFERENCES = Path(__file__).parent / "references.csv"
+REPO = Path(__file__).resolve().parents[1]
 SCORES = "test.predicted-scores.json"
 
 
@@ -122,10 +126,26 @@ def collect(runs: Path, models=None) -> pd.DataFrame:
             continue
         meta = _read_json(model_dir / "model.json") or {}
         rows.append({"model": model_dir.name, "task": task, "label": spec.label, "metric": spec.metric,
-                     "seed": int(seed_dir[4:]), "score": value, "checkpoint": meta.get("checkpoint", ""),
+                     "seed": int(seed_dir[4:]), "score": value, "checkpoint": _repo_relative(meta.get("checkpoint", "")),
+                     "weights_sha256": meta.get("weights_sha256") or "",
                      "date": meta.get("date", ""), "baseline": bool(meta.get("baseline", False)),
                      "suite": meta.get("suite", "")})
     return pd.DataFrame(rows)
+
+
+def _repo_relative(checkpoint: str) -> str:
+    """A checkpoint path relative to the repository when it lies inside it (so that the same
+    run on another machine writes the same models.csv); other values unchanged."""
+    try:
+        return Path(checkpoint).relative_to(REPO).as_posix()
+    except ValueError:
+        return checkpoint
+
+
+def models_table(raw: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: the checkpoint and weights it ran, from its model.json."""
+    cols = ["model", "checkpoint", "weights_sha256", "baseline", "suite", "date"]
+    return raw[cols].drop_duplicates("model").sort_values("model").reset_index(drop=True)
 
 
 def _bundles_of_column(label: str, seen: set) -> set:
@@ -315,10 +335,12 @@ def aggregate(runs: Path, out: Path, url: str = "", date: str | None = None, mod
         raise FileNotFoundError(f"no column of {runs} has all its bundles scored (see the warnings above)")
     over = overall(table)
     files = {"scores": out / "scores.csv", "leaderboard": out / "leaderboard.csv",
-             "markdown": out / "leaderboard.md", "overall": out / "overall.csv", "chart": out / "leaderboard.png"}
+             "markdown": out / "leaderboard.md", "overall": out / "overall.csv", "chart": out / "leaderboard.png",
+             "models": out / "models.csv"}
     table.to_csv(files["scores"], index=False, float_format="%.4f")
     leaderboard(table, raw, url, date).to_csv(files["leaderboard"], index=False, float_format="%.4f")
     over.to_csv(files["overall"], index=False, float_format="%.4f")
+    models_table(raw).to_csv(files["models"], index=False)
     files["markdown"].write_text(markdown(table, over, raw))
     plot(table, files["chart"], _baselines(raw), column_order(raw))
     if REFERENCES.exists():

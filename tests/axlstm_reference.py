@@ -1,4 +1,4 @@
-"""An independent restatement of the official AxLSTM block (REFERENCE §5a), for parity tests.
+"""An independent restatement of the official AxLSTM block (as the released code defines it), for parity tests.
 
 Plain functions of a state dict with the official key names: a LayerNorm written out, the
 causal conv as a sum of shifted taps, the block-diagonal projections as one dense

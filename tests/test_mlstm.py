@@ -1,6 +1,6 @@
 """Tests of the AxLSTM mLSTM block (hear_ssam/modules/mlstm.py) and its cell (hear_ssam/ops/mlstm.py).
 
-The reference (tests/axlstm_reference.py) restates the official AxLSTM / Vision-LSTM equations (REFERENCE.md 5a) from
+The reference (tests/axlstm_reference.py) restates the official AxLSTM / Vision-LSTM equations (docs/families.md) from
 scratch, as plain functions of a state dict with the official key names: a LayerNorm written out,
 the causal conv as a sum of shifted taps, the block-diagonal projections as one dense
 block-diagonal matrix, and the mLSTM cell as a loop over time of the stabilised recurrence. It

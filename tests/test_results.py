@@ -176,3 +176,19 @@ def test_named_models_leave_out_other_folders_of_the_run(tmp_path):
     assert "stale" not in r.stdout
     with pytest.raises(FileNotFoundError, match=r"model\(s\) ssast .*models with scores: logmel, ssam, stale"):
         aggregate(runs, tmp_path / "p", models=["ssam", "ssast"])
+
+
+def test_models_csv_names_the_weights_of_every_row(tmp_path):
+    runs = tmp_path / "runs"
+    from results.aggregate import REPO
+    inside = str(REPO / "results" / "checkpoints" / "x.safetensors")
+    for s in range(2):
+        _write(runs, "ssam", s, "esc50-v2.0.0-full", 0.5, checkpoint=inside, weights_sha256="ab" * 32)
+        _write(runs, "logmel", s, "esc50-v2.0.0-full", 0.4, checkpoint="built-in logmel baseline (no weights)",
+               baseline=True)
+    models = pd.read_csv(aggregate(runs, tmp_path / "out")["models"], keep_default_na=False)
+    assert models.to_dict("records") == [
+        {"model": "logmel", "checkpoint": "built-in logmel baseline (no weights)", "weights_sha256": "",
+         "baseline": True, "suite": "", "date": "2026-11-22"},
+        {"model": "ssam", "checkpoint": "results/checkpoints/x.safetensors", "weights_sha256": "ab" * 32,
+         "baseline": False, "suite": "", "date": "2026-11-22"}]

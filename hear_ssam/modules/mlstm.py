@@ -2,7 +2,7 @@
 
 AxLSTM (Yadav, Theodoridis, Tan, Interspeech 2025) uses the Vision-LSTM / xLSTM "mLSTM layer"
 as its only mixer. This module re-implements that block so that a state dict of the official
-code loads key for key (``norm.weight``, ``layer.proj_up.weight``, ...; see REFERENCE.md 5a).
+code loads key for key (``norm.weight``, ``layer.proj_up.weight``, ...; docs/families.md lists them).
 
 Shapes: ``D`` model width, ``E = expansion * D`` inner width, ``NH`` cell heads (4 in AxLSTM,
 whatever the model's "num_heads" config says), ``DH = E / NH`` head width.
