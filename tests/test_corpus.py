@@ -9,9 +9,10 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from pretrain import corpus
-from pretrain.corpus import (NEAR_CANDIDATE, NEAR_NCC, build, cap_shares, content_hash, corpus_hash,
-                             fingerprint, near_duplicate, share_ceiling)
+from pretrain.corpus import (MANIFEST_COLUMNS, NEAR_CANDIDATE, NEAR_NCC, audio_analysis, build, cap_shares,
+                             content_hash, corpus_hash, duplicates, fingerprint, near_duplicate, scan,
+                             share_ceiling)
+from pretrain.corpus.pair_cache import NEAR_CACHE_KEY, load_pair_cache, open_pair_cache, pair_line
 from pretrain.data import check_files, list_audio
 
 RATE = 44100
@@ -88,7 +89,7 @@ def test_genuinely_different_sounds_are_not_near_duplicates(tmp_path, other):
 def test_fingerprint_ignores_gain_and_leading_silence_and_is_unit_norm():
     x = notes(MELODY)
     f = fingerprint(x, RATE)
-    assert f.shape == (corpus.FP_FRAMES * corpus.FP_BANDS,) and abs(np.linalg.norm(f) - 1) < 1e-4
+    assert f.shape == (audio_analysis.FP_FRAMES * audio_analysis.FP_BANDS,) and abs(np.linalg.norm(f) - 1) < 1e-4
     g = fingerprint(np.concatenate([np.zeros(RATE // 2, np.float32), 0.1 * x]), RATE)
     assert f @ g > 0.99
     assert not fingerprint(np.zeros(RATE, np.float32), RATE).any()  # silence: similar to nothing
@@ -160,10 +161,10 @@ def _read_tsv(path):
 def test_build_filters_deduplicates_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "corpus"
     _fake_packages(out)
-    monkeypatch.setattr(corpus, "fetch_package", lambda package, work: work / "unpacked" / package)
+    monkeypatch.setattr(scan, "fetch_package", lambda package, work: work / "unpacked" / package)
     manifest = build(out, ["pkg-a", "pkg-b"], max_share=1.0, workers=1)
     rows = _read_tsv(manifest)
-    assert list(rows[0]) == corpus.MANIFEST_COLUMNS
+    assert list(rows[0]) == MANIFEST_COLUMNS
     kept = {(r["package"], r["path"].split(f"{r['package']}/", 1)[1]) for r in rows}
     assert kept == {("pkg-a", "usr/share/a/tune.wav"), ("pkg-a", "usr/share/a/music"),
                     ("pkg-a", "_archives/usr/share/data.pk3/sounds/other.ogg"), ("pkg-b", "usr/share/b/bursts.wav")}
@@ -186,17 +187,31 @@ def test_build_filters_deduplicates_and_resumes(tmp_path, monkeypatch):
     # a rerun reuses every package's scan and the near-duplicate checks: no decoding
     def no_decoding(path):
         raise AssertionError("rescanned a finished package")
-    monkeypatch.setattr(corpus, "analyse", no_decoding)
-    monkeypatch.setattr(corpus, "_compare_chunk", no_decoding)
+    monkeypatch.setattr(scan, "analyse", no_decoding)
+    monkeypatch.setattr(duplicates, "_compare_chunk", no_decoding)
     build(out, ["pkg-a", "pkg-b"], max_share=1.0, workers=1)
     assert json.loads((out / "corpus.json").read_text())["corpus_sha256"] == summary["corpus_sha256"]
 
 
 def test_near_duplicate_cache_survives_an_interrupted_run(tmp_path):
     cache = tmp_path / "near_pairs.tsv"
-    cache.write_text(corpus.NEAR_CACHE_KEY + "\naa\tbb\t0.9500\ncc\tdd\t0.1234\nee\tff\t0.")  # cut short
-    assert corpus._load_near_cache(cache) == {("aa", "bb"): 0.95, ("cc", "dd"): 0.1234}
-    cache.write_text(corpus.NEAR_CACHE_KEY + "\naa\tbb\t0.9500\ncc\tdd")
-    assert corpus._load_near_cache(cache) == {("aa", "bb"): 0.95}
+    cache.write_text(NEAR_CACHE_KEY + "\naa\tbb\t0.9500\ncc\tdd\t0.1234\nee\tff\t0.")  # cut short
+    assert load_pair_cache(cache) == {("aa", "bb"): 0.95, ("cc", "dd"): 0.1234}
+    cache.write_text(NEAR_CACHE_KEY + "\naa\tbb\t0.9500\ncc\tdd")
+    assert load_pair_cache(cache) == {("aa", "bb"): 0.95}
     cache.write_text("ncc v0 other settings\naa\tbb\t0.95\n")  # computed with other settings: ignored
-    assert corpus._load_near_cache(cache) == {}
+    assert load_pair_cache(cache) == {}
+
+
+def test_near_duplicate_cache_resumes_after_a_line_cut_short(tmp_path):
+    cache = tmp_path / "scan" / "near_pairs.tsv"
+    with open_pair_cache(cache, resume=False) as sink:
+        sink.write(pair_line(("aa", "bb"), 0.95))
+    with open(cache, "a") as f:
+        f.write("cc\tdd\t0.")  # an interrupted run's last line
+    with open_pair_cache(cache, resume=True) as sink:
+        sink.write(pair_line(("ee", "ff"), 0.123456))
+    assert load_pair_cache(cache) == {("aa", "bb"): 0.95, ("ee", "ff"): 0.1235}
+    with open_pair_cache(cache, resume=False) as sink:  # nothing usable loaded: start afresh
+        pass
+    assert cache.read_text() == NEAR_CACHE_KEY + "\n"

@@ -1,10 +1,15 @@
 """Which Debian packages feed what: pretraining, the mini suite, and the held-out reserve."""
+import re
+
+import pytest
+
 from eval_suites import mini
 from pretrain.corpus import SOURCES
 from pretrain.debian import EVAL_PACKAGES
 
-# ../shared/REFERENCE.md §6: reserved for held-out evaluation, never used for pretraining,
-# the mini suite or tests. (Prefixes cover whole package families.)
+# Reserved for held-out evaluation by people outside this project: never used for pretraining,
+# the mini suite or tests, so their evaluation measures audio no model here has heard.
+# (Prefixes cover whole package families.)
 HELD_OUT = ("asterisk-core-sounds-", "asterisk-prompt-", "klettres-data", "tuxpaint-stamps-default",
             "widelands-data", "gcompris-qt-data", "minetest-data", "scorched3d-data")
 
@@ -71,3 +76,32 @@ def test_the_corpus_builder_refuses_the_evaluation_projects(tmp_path):
     with pytest.raises(ValueError, match="feed the evaluation suite"):
         build(tmp_path, ["supertux-data", "hydrogen-drumkits-effects"])
     assert not list(tmp_path.iterdir())  # refused before downloading anything
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("speech:\n  a-data: {what: x, licence: GPL-2}\n  a-data: {what: y, licence: GPL-2}\n", "listed twice"),
+    ("speech:\n  a-data: {what: x, licence: GPL-2}\nmusic:\n  a-data: {what: y, licence: GPL-2}\n",
+     "listed under both 'speech' and 'music'"),
+    ("noise:\n  a-data: {what: x, licence: GPL-2}\n", "unknown category 'noise'"),
+    ("speech:\n  A_Data: {what: x, licence: GPL-2}\n", "not a Debian package name"),
+    ("speech:\n  a-data: {what: x}\n", "needs exactly a non-empty 'what' and 'licence'"),
+    ("speech:\n  a-data: {what: '', licence: GPL-2}\n", "needs exactly a non-empty 'what' and 'licence'"),
+    ("speech:\n  a-data: {what: x, licence: GPL-2, hours: 3}\n", "needs exactly a non-empty 'what' and 'licence'"),
+    ("- a-data\n", "expected a mapping of categories"),
+])
+def test_the_catalogue_refuses_malformed_entries(tmp_path, text, problem):
+    from pretrain.corpus.sources import load_sources
+    (tmp_path / "sources.yaml").write_text(text)
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        load_sources(tmp_path / "sources.yaml")
+
+
+def test_the_catalogue_keeps_the_order_of_its_file(tmp_path):
+    # the order breaks ties between duplicate copies, so it must survive loading
+    from pretrain.corpus.sources import Source, load_sources
+    (tmp_path / "sources.yaml").write_text("music:\n  z-music: {what: z, licence: GPL-2}\n"
+                                           "  a-music: {what: a, licence: GPL-3}\n"
+                                           "speech:\n  b-data: {what: b, licence: CC0-1.0}\n")
+    sources = load_sources(tmp_path / "sources.yaml")
+    assert list(sources) == ["z-music", "a-music", "b-data"]
+    assert sources["a-music"] == Source("music", "a", "GPL-3")
