@@ -14,7 +14,8 @@ Models: a checkpoint path, NAME=PATH, `default` (the bundled model) or `logmel` 
 log-mel baseline, `hear_ssam.load_model("logmel")`; recorded as a baseline in model.json).
 
 Layout under --out (everything heareval writes stays there):
-    bundle_report.json                    every bundle: ok / broken (why) / missing / failed
+    bundle_report.json                    every bundle: ok / broken (why) / missing / failed, its audio's rate
+    resampled/BUNDLE/                     a 16 kHz view of a bundle without a 16000/ folder (see below)
     NAME/model.json                       which checkpoint, baseline or not, suite, date
     NAME/embeddings/hear_ssam/TASK/       heareval embeddings runner output
     NAME/seedK/TASK/                      links to the embeddings + heareval predictions output
@@ -28,6 +29,14 @@ holds only links to the healthy bundles still to embed (any stray entry in a tas
 fatal to heareval); and each (model, task) gets ONE probe process running its seeds one
 after another (one thread each; several such processes run in parallel, --jobs). Probes are
 deterministic (see heareval_compat): a seed gives the same scores in any process.
+
+Sample rates: heareval reads a bundle's 16000/ folder (the plugin's rate). A bundle that
+lacks it but has another rate's folder (hear-preprocess writes 16000/, 22050/, 32000/,
+44100/, 48000/; a small bundle or one rate's tarball may hold only one) is embedded from a
+view, OUT/resampled/BUNDLE/: links to the bundle's files and its audio resampled to 16 kHz
+with torchaudio from the lowest rate above 16000 (else the highest below), padded/trimmed to
+the task's sample_duration (see eval_suites.resample). The view is reused on rerun; the
+bundle's own folder is never written to. The report says which rate each bundle came from.
 
 Robustness: every bundle is checked first (`check_bundle`: metadata, vocabulary, split
 files, audio folders and files, wav headers); a broken one is reported by name with the
@@ -54,6 +63,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .resample import build_view, choose_source_rate, rate_folders, source_rate, view_is_current
 from .suites import HEAREVAL_GRID, HEAREVAL_PROTOCOL, HEAREVAL_SCORES, Suite, bundle_task_specs
 
 log = logging.getLogger("eval_suites")
@@ -141,15 +151,27 @@ def _labels_of(entry, embedding_type):
     return [str(e) for e in entry] if all(isinstance(e, (str, int)) for e in entry) else None
 
 
-def check_bundle(path: Path, audio: bool = True) -> list:
+def _other_rates_hint(path: Path, splits, rate: int) -> str:
+    """' (the bundle has 44100/: ...)' where `python -m eval_suites run` can resample another
+    rate folder into the missing `rate`/ one; '' otherwise."""
+    others = [r for r in rate_folders(path, splits) if r != rate]
+    if rate != SAMPLE_RATE or not others:
+        return ""
+    which = "it" if len(others) == 1 else f"{choose_source_rate(others, rate)}/"
+    return (f" (the bundle has {', '.join(f'{r}/' for r in others)}: python -m eval_suites run resamples "
+            f"{which}; heareval's own runner needs the {rate}/ folder)")
+
+
+def check_bundle(path: Path, audio: bool = True, rate: int = SAMPLE_RATE) -> list:
     """What keeps heareval from using this HEAR task bundle; [] when it looks healthy.
 
     Checks task_metadata.json (readable, the keys heareval reads, known values and score
     names), labelvocabulary.csv, one <split>.json per split (clip -> labels in the
-    vocabulary), the audio folder 16000/<split>/ and, with `audio`, that every listed clip
-    exists and soundfile reads its header: 16 kHz, mono, not empty, and for a fixed
-    sample_duration one length per split (heareval stacks clips into batches). Stops early where later checks would
-    only repeat the first problem.
+    vocabulary), the audio folder RATE/<split>/ and, with `audio`, that every listed clip
+    exists and soundfile reads its header: `rate` Hz, mono, not empty, and for a fixed
+    sample_duration one length per split (heareval stacks clips into batches). `rate` is
+    the plugin's 16000 for what heareval reads, another rate folder's to check the source
+    of a resampled view. Stops early where later checks would only repeat the first problem.
     """
     path = Path(path)
     if not path.is_dir():
@@ -223,9 +245,9 @@ def check_bundle(path: Path, audio: bool = True) -> list:
         if not_one:
             problems.append(f"{split}.json: {len(not_one)} clips of a multiclass task do not have exactly one "
                             f"label ({_examples(not_one)})")
-        audio_dir = path / str(SAMPLE_RATE) / split
+        audio_dir = path / str(rate) / split
         if not audio_dir.is_dir():
-            problems.append(f"audio folder {SAMPLE_RATE}/{split}/ is missing")
+            problems.append(f"audio folder {rate}/{split}/ is missing{_other_rates_hint(path, splits, rate)}")
             continue
         if not audio:
             continue
@@ -240,21 +262,21 @@ def check_bundle(path: Path, audio: bool = True) -> list:
             except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError
                 unreadable.append(f"{name}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
                 continue
-            if info.samplerate != SAMPLE_RATE:
+            if info.samplerate != rate:
                 wrong_rate.append(f"{name}: {info.samplerate} Hz")
             if info.channels != 1 or info.frames == 0:  # HEAR clips are mono, padded to the duration
                 not_mono_or_empty.append(f"{name}: {info.channels} channels, {info.frames} samples")
             lengths[info.frames] = name
-        folder = f"{SAMPLE_RATE}/{split}/"
+        folder = f"{rate}/{split}/"
         for files, what in ((missing, f"listed in {split}.json are missing from {folder}"),
                             (unreadable, f"in {folder} cannot be read by soundfile"),
-                            (wrong_rate, f"in {folder} are not {SAMPLE_RATE} Hz"),
+                            (wrong_rate, f"in {folder} are not {rate} Hz"),
                             (not_mono_or_empty, f"in {folder} are not mono or empty")):
             if files:
                 problems.append(f"{len(files)} audio files {what} ({_examples(files)})")
         # heareval batches fixed-duration clips with torch.stack: one length per split.
         if meta["sample_duration"] is not None and len(lengths) > 1:
-            problems.append(f"audio files in {SAMPLE_RATE}/{split}/ have {len(lengths)} different lengths "
+            problems.append(f"audio files in {folder} have {len(lengths)} different lengths "
                             f"(e.g. {_examples([f'{n}: {k} samples' for k, n in lengths.items()], 2)}); "
                             f"sample_duration {meta['sample_duration']} s means one")
     return problems
@@ -283,10 +305,15 @@ def _emb_task(model: ModelSpec, task: str, out: Path) -> Path:
     return out / model.name / "embeddings" / MODULE / task
 
 
-def embed(model: ModelSpec, tasks: list, tasks_dir: Path, out: Path, threads: int) -> dict:
+def embed(model: ModelSpec, tasks: list, tasks_dir: Path, out: Path, threads: int,
+          sources: dict | None = None) -> dict:
     """Embeddings of every task in `tasks` not done yet, in one heareval process ->
     {task: (state, why)}. If the process dies on a task, that task fails and a new process
-    embeds the rest."""
+    embeds the rest.
+
+    sources: {task: the folder heareval reads it from} (a resampled view), default
+    tasks_dir / task."""
+    sources = sources or {}
     result = {t: ("skipped", "") for t in tasks if (_emb_task(model, t, out) / ".done.embeddings").exists()}
     pending = [t for t in tasks if t not in result]
     view = out / model.name / "tasks_view"
@@ -297,7 +324,7 @@ def embed(model: ModelSpec, tasks: list, tasks_dir: Path, out: Path, threads: in
             shutil.rmtree(view)
         view.mkdir(parents=True)
         for t in pending:
-            (view / t).symlink_to(tasks_dir / t)
+            (view / t).symlink_to(sources.get(t, tasks_dir / t))
             if _emb_task(model, t, out).exists():  # a partial task from a killed run
                 shutil.rmtree(_emb_task(model, t, out))
         cmd = [sys.executable, "-m", "eval_suites.heareval_compat", "embeddings", MODULE,
@@ -454,10 +481,10 @@ def run(suite: Suite | None, models, tasks_dir: Path, out: Path, seeds=None, tas
         log.warning("task %s is not in %s: skipped", t, tasks_dir)
 
     # Health first. Bundles every model has embedded already are not re-read clip by clip.
-    problems = {}
+    problems, sources, audio = {}, {}, {}
     for t in present:
         embedded = all((_emb_task(m, t, out) / ".done.embeddings").exists() for m in models)
-        problems[t] = check_bundle(tasks_dir / t, audio=not embedded)
+        sources[t], problems[t], audio[t] = _audio_source(tasks_dir / t, out, embedded)
         if problems[t]:
             log.error("bundle %s is broken, skipped: %s", t, "; ".join(problems[t]))
     healthy = [t for t in present if not problems[t]]
@@ -490,7 +517,7 @@ def run(suite: Suite | None, models, tasks_dir: Path, out: Path, seeds=None, tas
     # both several times slower (OpenMP threads wait at barriers for a descheduled peer).
     for m in models:
         bar.set_postfix_str(f"{m.name} embeddings")
-        for t, res in embed(m, healthy, tasks_dir, out, threads=cores).items():
+        for t, res in embed(m, healthy, tasks_dir, out, threads=cores, sources=sources).items():
             status[(m.name, t, "embeddings")] = res
             if res[0] == "failed":
                 log.error("%s / %s embeddings failed: %s", m.name, t, res[1])
@@ -510,10 +537,50 @@ def run(suite: Suite | None, models, tasks_dir: Path, out: Path, seeds=None, tas
             bar.update(len(seeds))
     bar.close()
 
-    report = bundle_report(status, wanted, problems, suite, models, seeds, tasks_dir)
+    report = bundle_report(status, wanted, problems, suite, models, seeds, tasks_dir, audio)
     (out / "bundle_report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(format_summary(report), flush=True)
     return status
+
+
+def _audio_source(bundle: Path, out: Path, embedded: bool) -> tuple[Path, list, dict]:
+    """(the folder heareval embeds `bundle` from, its problems, the report's "audio" entry).
+
+    The bundle itself when it has a 16000/ folder for every split (or no other rate's
+    folder to make one from: check_bundle names what is missing). Else a 16 kHz view under
+    OUT/resampled/, reused when current and healthy, built after the source folder passes check_bundle
+    at its own rate; not built when every model has embedded the bundle already (the view
+    only feeds the embeddings process).
+    """
+    rate = source_rate(bundle, SAMPLE_RATE)
+    if rate is None:
+        return bundle, check_bundle(bundle, audio=not embedded), {"rate": SAMPLE_RATE}
+    view = out / "resampled" / bundle.name
+    audio = {"rate": SAMPLE_RATE, "resampled_from": rate, "view": str(view)}
+    lacks = (f"an incomplete {SAMPLE_RATE}/ folder" if (bundle / str(SAMPLE_RATE)).is_dir()
+             else f"no {SAMPLE_RATE}/ folder")
+    if view_is_current(view, bundle, rate, SAMPLE_RATE):
+        problems = check_bundle(view, audio=not embedded)
+        if not problems:
+            log.info("bundle %s has %s: reusing %s (its %d/ audio resampled to %g kHz)", bundle.name, lacks,
+                     view, rate, SAMPLE_RATE / 1000)
+            return view, [], audio
+        # A damaged view (a deleted clip) is made again; a problem of the bundle's own files
+        # is found again below, in the bundle itself.
+        log.info("%s does not pass check_bundle (%s): making it again", view, problems[0])
+    if embedded:
+        return bundle, check_bundle(bundle, audio=False, rate=rate), dict(audio, view=None)
+    problems = check_bundle(bundle, rate=rate)
+    if problems:
+        return bundle, problems, dict(audio, view=None)
+    try:
+        clips = build_view(bundle, view, rate, SAMPLE_RATE)
+    except (OSError, RuntimeError, ValueError) as e:  # soundfile's LibsndfileError is a RuntimeError
+        return bundle, [f"resampling its {rate}/ audio to {SAMPLE_RATE} Hz into {view} failed: {e} "
+                        f"(fix or replace the file it names, then run again)"], dict(audio, view=None)
+    log.info("bundle %s has %s: resampled its %d/ audio to %g kHz with torchaudio into %s (%d clips)",
+             bundle.name, lacks, rate, SAMPLE_RATE / 1000, view, clips)
+    return view, check_bundle(view), audio
 
 
 def _embedding_type(bundle: Path) -> str:
@@ -523,13 +590,18 @@ def _embedding_type(bundle: Path) -> str:
         return "scene"
 
 
-def bundle_report(status: dict, bundles, problems: dict, suite: Suite, models, seeds, tasks_dir: Path) -> dict:
-    """Per bundle: status (ok / broken / missing / failed), problems, and per model its steps."""
+def bundle_report(status: dict, bundles, problems: dict, suite: Suite, models, seeds, tasks_dir: Path,
+                  audio: dict | None = None) -> dict:
+    """Per bundle: status (ok / broken / missing / failed), problems, the audio it was
+    embedded from ({"rate": 16000}, plus "resampled_from" and "view" for a resampled view;
+    null for a missing bundle), and per model its steps."""
     specs = {t.bundle: t for t in suite.tasks}
+    audio = audio or {}
     rows = []
     for b in bundles:
         row = {"bundle": b, "label": specs[b].label if b in specs else "",
-               "metric": specs[b].metric if b in specs else "", "problems": problems.get(b, []), "models": {}}
+               "metric": specs[b].metric if b in specs else "", "problems": problems.get(b, []),
+               "audio": audio.get(b), "models": {}}
         states = set()
         for m in models:
             emb = status.get((m.name, b, "embeddings"), ("", ""))
@@ -557,12 +629,14 @@ def format_summary(report: dict, detail_chars: int = 160) -> str:
             detail = "; ".join(r["problems"]) if r["problems"] else f"not in {report['tasks_dir']}"
             lines.append((r["bundle"], "(all)", r["status"].upper(), "-", "-", detail))
             continue
+        origin = (r.get("audio") or {}).get("resampled_from")
         for name, m in r["models"].items():
             seeds = m["seeds"]
             ok = sum(st in ("done", "skipped") for st in seeds.values())
             state = "FAILED" if m["errors"] else "ok"
+            notes = ([f"resampled from {origin} Hz"] if origin else []) + m["errors"]
             lines.append((r["bundle"], name, state, m["embeddings"], f"{ok}/{len(report['seeds'])} seeds",
-                          "; ".join(m["errors"])))
+                          "; ".join(notes)))
     widths = [max(len(str(row[i])) for row in [header] + lines) for i in range(5)]
     out = [f"== {report['suite']}: {len(report['bundles'])} bundles x {len(report['models'])} models; "
            f"probes: {report['protocol']}"]
