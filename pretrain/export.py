@@ -30,7 +30,7 @@ def export(train_ckpt, dst, half=False) -> dict:
         "command": meta.get("command"), "hear_ssam_version": hear_ssam.__version__,
         "exported": datetime.date.today().isoformat(),
     }
-    # lr schedule: the config's keys that shape it, so the curve can be redrawn (pretrain.train.lr_at)
+    # lr schedule: the config's keys that shape it, so the curve can be redrawn (pretrain.schedules.lr_at)
     provenance["lr_schedule"] = {k: cfg.get(k) for k in ("schedule", "warmup_steps", "warmup_epochs", "max_steps",
                                                            "epochs", "base_lr", "weight_decay", "betas")}
     provenance["length_weight_cap_s"] = cfg.get("length_weight_cap_s")

@@ -18,8 +18,9 @@ from pretrain.config import TrainConfig, load_config
 from pretrain.data import CropDataset, EpochSampler, list_audio
 from pretrain.objectives import MaskedSpectrogramModel
 from pretrain.objectives import unstructured_mask as random_mask
+from pretrain.schedules import lr_at
 from pretrain.seeds import derive_seed
-from pretrain.train import lr_at, param_groups, train
+from pretrain.train import param_groups, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"embed_dim": 32, "depth": 2}

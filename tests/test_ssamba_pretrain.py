@@ -17,7 +17,8 @@ from pretrain.checkpoints import CHECKPOINT
 from pretrain.config import TrainConfig, load_config
 from pretrain.objectives import (_STARTS_PER_DRAW, MASKINGS, OBJECTIVES, MaskedSpectrogramModel,
                                  cluster_mask, unstructured_mask)
-from pretrain.train import Plateau, lr_plateau, train
+from pretrain.schedules import Plateau, lr_plateau
+from pretrain.train import train
 from test_pretrain import make_audio
 from test_ssamba import released_state
 
