@@ -7,6 +7,8 @@ import torch
 
 from hear_ssam import ops
 from hear_ssam.modules.mamba import Mamba
+from hear_ssam.ops.causal_conv1d import resolve_backend as resolve_conv_backend
+from hear_ssam.ops.dispatch import Dispatch
 from hear_ssam.ops.selective_scan import AUTO_ORDER, BackendUnavailable, load_backend, resolve_backend
 from hear_ssam.ops.selective_scan_chunked import auto_chunk_len, selective_scan_chunked
 from hear_ssam.ops.selective_scan_ref import selective_scan_ref
@@ -115,6 +117,73 @@ def test_dispatch_errors_name_the_problem(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(BackendUnavailable, match="CUDA|cuda"):
         resolve_backend("cpu", "triton")  # no GPU here, or CPU tensors given to a CUDA kernel
+
+
+
+def test_dispatch_applies_its_rules_as_data(monkeypatch):
+    """The shared mechanism on a toy op: order, skipping what does not load, caching what does,
+    fallback, dtype rule, device-only refusal with its interpreter exception, environment."""
+    loads = []
+
+    def no_compiler():
+        raise BackendUnavailable("no compiler here")
+    registry = {"fast": no_compiler, "gpu": lambda: loads.append("gpu") or "gpu-fn", "plain": lambda: "plain-fn"}
+    toy = Dispatch("toy", registry, env="TOY_BACKEND", fallback="plain",
+                   auto_order={"cpu": ("fast", "plain"), "cuda": ("gpu", "plain")},
+                   device_only={"fast": "cpu", "gpu": "cuda"}, interpreted_on_any_device={"gpu": "TOY_INTERPRET"},
+                   dtype_auto={torch.float64: "plain"})
+    for name in ("TOY_BACKEND", "TOY_INTERPRET"):
+        monkeypatch.delenv(name, raising=False)
+    assert toy.resolve("cpu") == "plain"  # "fast" does not load: skipped
+    assert toy.resolve("cuda") == "gpu" and toy.load("gpu") == "gpu-fn" and toy.resolve("cuda") == "gpu"
+    assert loads == ["gpu"]  # loaded once
+    assert toy.resolve("cuda", dtype=torch.float64) == "plain"
+    assert toy.resolve("cuda", "gpu", dtype=torch.float64) == "gpu"  # a named backend wins over the dtype rule
+    assert toy.resolve("mps") == "plain"  # a device type without an order
+    with pytest.raises(BackendUnavailable, match="no compiler here"):
+        toy.resolve("cpu", "fast")
+    with pytest.raises(BackendUnavailable, match="toy backend 'gpu' runs on cuda tensors only, got cpu tensors; "
+                                                 "leave backend= and TOY_BACKEND unset"):
+        toy.resolve("cpu", "gpu")
+    monkeypatch.setenv("TOY_INTERPRET", "1")
+    assert toy.resolve("cpu", "gpu") == "gpu"
+    monkeypatch.setenv("TOY_INTERPRET", "0")
+    with pytest.raises(BackendUnavailable, match="runs on cuda tensors only"):
+        toy.resolve("cpu", "gpu")
+    monkeypatch.setenv("TOY_BACKEND", "gpu")
+    assert toy.resolve("cuda") == "gpu"
+    with pytest.raises(ValueError, match=r"unknown toy backend 'x'; choose from \['fast', 'gpu', 'plain'\]"):
+        toy.resolve("cuda", "x")
+    with pytest.raises(ValueError, match=r"names backends \['turbo'\] that its registry lacks"):
+        Dispatch("toy", registry, env="TOY_BACKEND", auto_order={"cpu": ("turbo",)}, fallback="plain")
+
+
+@pytest.mark.parametrize("op", ["scan", "conv"])
+def test_both_ops_refuse_a_cpu_only_backend_on_cuda_alike(op, monkeypatch):
+    resolve, env = ((resolve_backend, ops.SCAN_ENV) if op == "scan" else (resolve_conv_backend, ops.CONV_ENV))
+    monkeypatch.delenv(env, raising=False)
+    try:
+        resolve("cpu", "compiled")
+    except BackendUnavailable as e:
+        pytest.skip(f"the compiled {op} kernel is unavailable here: {e}")
+    with pytest.raises(BackendUnavailable, match=f"backend 'compiled' runs on cpu tensors only, got cuda tensors; "
+                                                 f"leave backend= and {env} unset for the automatic choice"):
+        resolve("cuda", "compiled")
+
+
+def test_triton_scan_takes_cpu_tensors_only_under_its_interpreter(monkeypatch):
+    monkeypatch.delenv(ops.SCAN_ENV, raising=False)
+    monkeypatch.setitem(ops.SCAN_BACKENDS, "triton", lambda: selective_scan_ref)  # loads without triton or a GPU
+    load_backend.cache_clear()
+    try:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert resolve_backend("cpu", "triton") == "triton"
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(BackendUnavailable, match="'triton' runs on cuda tensors only, got cpu tensors"):
+            resolve_backend("cpu", "triton")
+        assert resolve_backend("cpu") != "triton"
+    finally:
+        load_backend.cache_clear()
 
 
 def assert_mixer_matches(ours, theirs):

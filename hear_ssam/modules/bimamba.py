@@ -9,21 +9,18 @@ second SSM parameter set for the time-reversed direction, with Vim's names:
     out  = out_proj((y_f + flip(y_b)) / 2)                    (shared)
 
 where ssm = causal depthwise conv + SiLU -> x_proj -> (dt, B, C) -> selective scan with the
-D skip, gated by SiLU(z) (REFERENCE §2), and flip reverses time. Both directions are always
-computed (Vim's own non-fused path silently returns the forward branch alone). The /2 is
-Vim's `if_devide_out`, which every SSAMBA script and config sets to true. State dicts of a
-Vim / SSAMBA layer's `mixer` load into `BiMamba` strictly.
+D skip, gated by SiLU(z) (`Mamba.ssm`, which both directions run), and flip reverses time.
+Both directions are always computed (Vim's own non-fused path silently returns the forward
+branch alone). The /2 is Vim's `if_devide_out`, which every SSAMBA script and config sets to
+true. State dicts of a Vim / SSAMBA layer's `mixer` load into `BiMamba` strictly.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
 
-from ..ops import causal_conv1d, selective_scan
 from .drop_path import DropPath
-from .mamba import Mamba, MambaBlock
+from .mamba import Mamba, MambaBlock, init_dt_proj, init_for_depth
 
 DT_B_INITS = ("vim", "mamba")
 
@@ -56,34 +53,16 @@ class BiMamba(Mamba):
         self.dt_proj_b = nn.Linear(R, E, bias=True)
         self.D_b = nn.Parameter(torch.ones(E))
         self.D_b._no_weight_decay = True
-        if dt_b_init == "mamba":
-            # The forward set's Mamba init, drawn afresh for the backward set.
-            std = R ** -0.5 * dt_scale
-            nn.init.uniform_(self.dt_proj_b.weight, -std, std)
-            log_dt = torch.rand(E) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-            dt = torch.exp(log_dt).clamp(min=dt_init_floor)
-            with torch.no_grad():
-                self.dt_proj_b.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-            self.dt_proj_b.bias._no_reinit = True
-
-    def _direction(self, x, z, conv1d, x_proj, dt_proj, A_log, D):
-        """One direction's SSM on x, z [B, E, L] (already in that direction's time order):
-        causal conv + SiLU -> x_proj -> dt, B, C -> selective scan (D skip, SiLU(z) gate)."""
-        A = -torch.exp(A_log.float())
-        x = causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
-        dt, B, C = torch.split(x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias is added inside the scan
-        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
-        return selective_scan(x.contiguous(), dt.contiguous(), A, B, C, D.float(), z=z.contiguous(),
-                              delta_bias=dt_proj.bias.float(), delta_softplus=True)
+        if dt_b_init == "mamba":  # the forward set's Mamba init, drawn afresh for the backward set
+            init_dt_proj(self.dt_proj_b, dt_min, dt_max, dt_init_floor, dt_scale)
 
     def forward(self, hidden_states):
         """[B, L, d_model] -> [B, L, d_model]."""
         xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2E, L]
         x, z = xz.chunk(2, dim=1)
-        y_f = self._direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-        y_b = self._direction(x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b,
-                              self.A_b_log, self.D_b)
+        y_f = self.ssm(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        y_b = self.ssm(x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b,
+                       self.A_b_log, self.D_b)
         return self.out_proj(((y_f + y_b.flip(-1)) / 2).transpose(1, 2))
 
 
@@ -112,13 +91,4 @@ class BiMambaBlock(nn.Module):
         `_no_reinit` (in a BiMamba layer only dt_proj_b's, with dt_b_init="vim"), and re-draw
         each mixer's out_proj weight (kaiming-uniform, a=sqrt(5)) scaled by 1/sqrt(depth)
         (n_residuals_per_layer = 1; depth = the number of blocks, 24 in SSAMBA)."""
-        for block in encoder.modules():
-            if not isinstance(block, BiMambaBlock):
-                continue
-            for m in block.modules():
-                if isinstance(m, nn.Linear) and m.bias is not None and not getattr(m.bias, "_no_reinit", False):
-                    nn.init.zeros_(m.bias)
-            w = block.mixer.out_proj.weight
-            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-            with torch.no_grad():
-                w /= math.sqrt(depth)
+        init_for_depth([m for m in encoder.modules() if isinstance(m, BiMambaBlock)], depth)

@@ -10,6 +10,7 @@ computes conv + SiLU on CPU).
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 import torch.nn as nn
@@ -18,7 +19,41 @@ from ..ops import causal_conv1d, selective_scan
 from .drop_path import DropPath
 
 
+def init_dt_proj(dt_proj: nn.Linear, dt_min: float, dt_max: float, dt_init_floor: float, dt_scale: float) -> None:
+    """Mamba's init of a dt projection [dt_rank -> d_inner]: the weight keeps the variance of dt
+    (U(+-dt_scale / sqrt(dt_rank))), and softplus(bias) is log-uniform in [dt_min, dt_max]
+    (floored at dt_init_floor). The bias is marked `_no_reinit` so that the model-wide init
+    (`init_for_depth`) keeps it."""
+    std = dt_proj.in_features ** -0.5 * dt_scale
+    nn.init.uniform_(dt_proj.weight, -std, std)
+    log_dt = torch.rand(dt_proj.out_features) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+    dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+    with torch.no_grad():
+        dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+    dt_proj.bias._no_reinit = True
+
+
+def init_for_depth(scopes: Iterable[nn.Module], depth: int) -> None:
+    """mamba_ssm's `_init_weights` for n_residuals_per_layer = 1, over each module of `scopes` in
+    turn: zero every Linear bias not marked `_no_reinit`, then re-draw the out_proj weight of
+    each `Mamba` in it (kaiming-uniform, a=sqrt(5), PyTorch's Linear default) scaled by
+    1/sqrt(depth), so that the residual stream's variance does not grow with depth. The scope
+    is the caller's: the official code applies it to the whole model, Vim to its blocks."""
+    for scope in scopes:
+        for m in scope.modules():
+            if isinstance(m, nn.Linear) and m.bias is not None and not getattr(m.bias, "_no_reinit", False):
+                nn.init.zeros_(m.bias)
+        for m in scope.modules():
+            if isinstance(m, Mamba):
+                w = m.out_proj.weight
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+                with torch.no_grad():
+                    w /= math.sqrt(depth)
+
+
 class Mamba(nn.Module):
+    """mamba_ssm's `Mamba` mixer (no inference cache): [B, L, d_model] -> [B, L, d_model]."""
+
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto",
                  dt_min=1e-3, dt_max=1e-1, dt_init_floor=1e-4, dt_scale=1.0,
                  conv_bias=True, bias=False):
@@ -34,14 +69,7 @@ class Mamba(nn.Module):
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
-        # dt_proj: weight keeps the variance of dt; softplus(bias) is log-uniform in [dt_min, dt_max].
-        std = self.dt_rank ** -0.5 * dt_scale
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        dt = torch.exp(log_dt).clamp(min=dt_init_floor)
-        with torch.no_grad():
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        self.dt_proj.bias._no_reinit = True
+        init_dt_proj(self.dt_proj, dt_min, dt_max, dt_init_floor, dt_scale)
 
         # S4D-real: A = -(1..N) per channel, stored as log so that A stays negative.
         A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
@@ -52,17 +80,24 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states):
         """[B, L, d_model] -> [B, L, d_model]."""
-        A = -torch.exp(self.A_log.float())
         xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2E, L]
         x, z = xz.chunk(2, dim=1)
-        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
-        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)),
-                               [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # bias is added inside the scan
-        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
-        y = selective_scan(x.contiguous(), dt.contiguous(), A, B, C, self.D.float(), z=z.contiguous(),
-                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        y = self.ssm(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
         return self.out_proj(y.transpose(1, 2))
+
+    def ssm(self, x, z, conv1d, x_proj, dt_proj, A_log, D):
+        """One direction's SSM with the given parameter set: x, z [B, E, L] -> y [B, E, L].
+
+        causal conv + SiLU -> x_proj -> dt, B, C -> selective scan (D skip, SiLU(z) gate).
+        The parameters are arguments so that `BiMamba` runs its time-reversed set through the
+        same path."""
+        A = -torch.exp(A_log.float())
+        x = causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
+        dt, B, C = torch.split(x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias is added inside the scan
+        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        return selective_scan(x.contiguous(), dt.contiguous(), A, B, C, D.float(), z=z.contiguous(),
+                              delta_bias=dt_proj.bias.float(), delta_softplus=True)
 
 
 class MambaBlock(nn.Module):
@@ -94,14 +129,6 @@ class MambaBlock(nn.Module):
 
     @staticmethod
     def init_encoder(encoder: nn.Module, depth: int) -> None:
-        """mamba_ssm's recipe, applied model-wide as the official code does: zero every Linear
-        bias (except dt_proj's), and shrink each mixer's out_proj by 1/sqrt(depth)."""
-        for m in encoder.modules():
-            if isinstance(m, nn.Linear) and m.bias is not None and not getattr(m.bias, "_no_reinit", False):
-                nn.init.zeros_(m.bias)
-        for m in encoder.modules():
-            if isinstance(m, Mamba):
-                w = m.out_proj.weight
-                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-                with torch.no_grad():
-                    w /= math.sqrt(depth)
+        """mamba_ssm's recipe, applied model-wide (heads included) as the official SSAM code does:
+        zero every Linear bias (except dt_proj's), and shrink each mixer's out_proj by 1/sqrt(depth)."""
+        init_for_depth([encoder], depth)

@@ -8,19 +8,18 @@ wins: the `backend=` argument; the environment variable HEAR_SSAM_CONV (`compile
 `reference`); automatic, by the device of `x`: on CPU the compiled C++ kernel (built on first
 use, else PyTorch's conv1d with one warning), elsewhere PyTorch's conv1d (cuDNN on CUDA).
 float64 inputs always get PyTorch's conv1d automatically (the compiled kernel computes in fp32),
-so the float64 parity tests of the mixers stay float64 end to end.
+so the float64 parity tests of the mixers stay float64 end to end. The compiled kernel asked
+for by name refuses non-CPU tensors. These rules are data given to `ops.dispatch.Dispatch`,
+which applies them for every op.
 Both are fp32-exact restatements of the same sum; tests/test_causal_conv1d.py holds them to
 each other, values and gradients.
 """
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 import torch.nn.functional as F
 
-from .errors import BackendUnavailable
+from .dispatch import Dispatch
 
 CONV_ENV = "HEAR_SSAM_CONV"
 
@@ -42,33 +41,14 @@ CONV_BACKENDS = {
     "reference": lambda: causal_conv1d_ref,  # PyTorch's conv1d (oneDNN on CPU, cuDNN on CUDA)
 }
 AUTO_ORDER = {"cpu": ("compiled", "reference")}
-
-
-@functools.lru_cache(maxsize=None)
-def load_backend(name: str):
-    if name not in CONV_BACKENDS:
-        raise ValueError(f"unknown causal conv1d backend {name!r}; choose from {sorted(CONV_BACKENDS)}")
-    return CONV_BACKENDS[name]()
+CONV = Dispatch("causal conv1d", CONV_BACKENDS, env=CONV_ENV, auto_order=AUTO_ORDER, fallback="reference",
+                device_only={"compiled": "cpu"}, dtype_auto={torch.float64: "reference"})
+load_backend = CONV.load  # name -> conv function (cached), or BackendUnavailable
 
 
 def resolve_backend(device_type: str, backend: str | None = None, dtype=None) -> str:
     """The backend name that `causal_conv1d` uses for tensors on `device_type` (of `dtype`)."""
-    requested = backend or os.environ.get(CONV_ENV) or None
-    if requested:
-        load_backend(requested)  # raises with the reason if it cannot run
-        if requested == "compiled" and device_type != "cpu":
-            raise BackendUnavailable(f"causal conv1d backend 'compiled' runs on cpu tensors only, "
-                                     f"got {device_type} tensors")
-        return requested
-    if dtype == torch.float64:
-        return "reference"
-    for name in AUTO_ORDER.get(device_type, ("reference",)):
-        try:
-            load_backend(name)
-            return name
-        except BackendUnavailable:
-            continue
-    return "reference"
+    return CONV.resolve(device_type, backend, dtype)
 
 
 def causal_conv1d(x, weight, bias=None, activation=None, backend: str | None = None):

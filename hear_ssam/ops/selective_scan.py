@@ -9,17 +9,19 @@ against `selective_scan_ref` (tests/test_scan_backends.py). The choice, first ma
 2. the environment variable HEAR_SSAM_SCAN (for tests and benchmarks; e.g. `reference`);
 3. automatic, by the device of `u`: the first available of AUTO_ORDER[device type]
    (CPU: the compiled C++ scan, built on first use, else the chunked PyTorch scan with one
-   warning; CUDA: mamba_ssm's kernels, else our Triton kernels, else chunked).
+   warning; CUDA: mamba_ssm's kernels, else our Triton kernels, else chunked; any other
+   device: chunked).
 
-A backend named explicitly but unavailable raises, naming why; the automatic choice skips
-it. `SCAN_BACKENDS` is a plain dict (name -> loader returning the function, or raising
-`BackendUnavailable`), so a new implementation is one module plus one entry here.
+A backend named explicitly but unavailable raises, naming why; so does one given tensors of a
+device it does not run on (the Triton backend excepted under TRITON_INTERPRET=1, whose
+interpreter runs it on CPU for tests); the automatic choice skips what is unavailable.
+`SCAN_BACKENDS` is a plain dict (name -> loader returning the function, or raising
+`BackendUnavailable`), so a new implementation is one module plus one entry here; the rules
+above are the data given to `ops.dispatch.Dispatch`, which applies them for every op.
 """
 from __future__ import annotations
 
-import functools
-import os
-
+from .dispatch import Dispatch
 from .errors import BackendUnavailable
 from .selective_scan_chunked import selective_scan_chunked
 from .selective_scan_ref import selective_scan_ref
@@ -59,40 +61,14 @@ SCAN_BACKENDS = {
 # picked for CPU tensors and vice versa.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "chunked"), "cpu": ("compiled", "chunked")}
 DEVICE_ONLY = {"cuda": "cuda", "triton": "cuda", "compiled": "cpu"}
-
-
-@functools.lru_cache(maxsize=None)
-def load_backend(name: str):
-    """The scan function of backend `name`; raises BackendUnavailable (cached either way)."""
-    if name not in SCAN_BACKENDS:
-        raise ValueError(f"unknown selective-scan backend {name!r}; choose from {sorted(SCAN_BACKENDS)}")
-    return SCAN_BACKENDS[name]()
-
-
-def _available(name: str) -> bool:
-    try:
-        load_backend(name)
-        return True
-    except BackendUnavailable:
-        return False
+SCAN = Dispatch("selective-scan", SCAN_BACKENDS, env=SCAN_ENV, auto_order=AUTO_ORDER, fallback="chunked",
+                device_only=DEVICE_ONLY, interpreted_on_any_device={"triton": "TRITON_INTERPRET"})
+load_backend = SCAN.load  # name -> scan function (cached), or BackendUnavailable
 
 
 def resolve_backend(device_type: str, backend: str | None = None) -> str:
     """The backend name that `selective_scan` uses for tensors on `device_type`."""
-    requested = backend or os.environ.get(SCAN_ENV) or None
-    if requested:
-        load_backend(requested)  # raises with the reason if it cannot run
-        only = DEVICE_ONLY.get(requested)
-        # Triton's interpreter (TRITON_INTERPRET=1) runs its kernels on CPU tensors: for tests only.
-        interpreted = requested == "triton" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-        if only and only != device_type and not interpreted:
-            raise BackendUnavailable(f"selective-scan backend {requested!r} runs on {only} tensors only, "
-                                     f"got {device_type} tensors")
-        return requested
-    for name in AUTO_ORDER.get(device_type, ("chunked",)):
-        if _available(name):
-            return name
-    return "chunked"
+    return SCAN.resolve(device_type, backend)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
