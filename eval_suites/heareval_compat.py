@@ -18,9 +18,12 @@ after other seeds; only the wall-clock "time_in_min" fields differ.
 
 What it adjusts, and why (each is a documented break or a reproducibility fix, not a change
 of method):
-- torch >= 2.6 loads checkpoints weights-only by default; heareval's own Lightning
-  checkpoints hold hyper-parameters, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (they are files
-  heareval itself just wrote).
+- torch >= 2.6 loads checkpoints weights-only by default, and heareval re-reads its own
+  Lightning checkpoints, whose hyper-parameters hold the probe grid's classes and functions.
+  Weights-only loading stays on (switching it off, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, would
+  let any pickle the process loads run code); instead exactly the objects a grid can hold
+  are allowlisted: heareval's (eval_suites.heareval_startup.HEAREVAL_CHECKPOINT_GLOBALS)
+  and those a suite grid can name (_NAMES), with torch.serialization.add_safe_globals.
 - heareval seeds every run with 42; the papers' protocol repeats probes over seeds, so
   `seed_everything` is redirected to the requested seed (with workers=True), and every
   seed starts with `pl.seed_everything(seed, workers=True)`, so a seed's run does not depend
@@ -28,6 +31,10 @@ of method):
 - heareval sets `trainer.fit_loop.current_epoch` before testing so that event tasks use the
   post-processing chosen at the best validation epoch; PyTorch Lightning 1.9 has no such
   attribute, so FitLoop gets a property that reads/writes the epoch progress counter.
+  These two patches are eval_suites.heareval_startup's, which `install-startup` also puts
+  into the environment so that heareval's own runners work as typed:
+
+    python -m eval_suites.heareval_compat install-startup [--uninstall] [--target DIR]
 - The probe grid is the suite's (heareval's PARAM_GRID format; names resolved to objects);
   without one, heareval's own PARAM_GRID (restored if an earlier seed replaced it).
 - Determinism: one thread (`torch.set_num_threads(1)`; the runner also sets OMP/MKL to 1
@@ -64,6 +71,11 @@ from pathlib import Path
 
 import torch
 
+from .heareval_startup import allow_heareval_checkpoint_globals, give_fitloop_a_current_epoch_setter
+from .heareval_startup import install as install_startup
+from .heareval_startup import site_packages
+from .heareval_startup import uninstall as uninstall_startup
+
 SCORES = "test.predicted-scores.json"
 PREFIX = "heareval_compat:"  # the runner reads "heareval_compat: seed K failed: ..." lines
 
@@ -93,19 +105,12 @@ def patch_heareval(seed: int, grid: dict | None):
     """Apply the patches of the module docstring for one seed (idempotent; call per seed)."""
     global _HEAREVAL_PARAM_GRID
     import pytorch_lightning as pl
-    from pytorch_lightning.loops.fit_loop import FitLoop
     from pytorch_lightning.trainer.connectors.accelerator_connector import AcceleratorConnector
 
     import heareval.predictions.task_predictions as tp
 
-    if not isinstance(getattr(FitLoop, "current_epoch", None), property):
-        def _get(self):
-            return self.epoch_progress.current.completed
-
-        def _set(self, value):
-            self.epoch_progress.current.completed = value
-            self.epoch_progress.current.processed = value
-        FitLoop.current_epoch = property(_get, _set)
+    allow_heareval_checkpoint_globals(extra=_NAMES.values())
+    give_fitloop_a_current_epoch_setter()
 
     if not getattr(AcceleratorConnector._init_deterministic, "_warn_only", False):
         strict = AcceleratorConnector._init_deterministic
@@ -204,10 +209,21 @@ def embeddings_main(argv) -> int:
     return 0
 
 
+def install_startup_main(target: Path | None, remove: bool) -> int:
+    """Install (or remove) heareval_startup's hook in an environment; print what changed."""
+    if remove:
+        removed = uninstall_startup(target)
+        for path in removed:
+            print(f"removed {path}")
+        if not removed:
+            print(f"nothing to remove in {target or site_packages()}")
+    else:
+        for path in install_startup(target):
+            print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None):
-    # Set here, in the heareval subprocess, never at import: the rest of a process keeps
-    # torch's safe weights-only default.
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["embeddings"]:
@@ -224,7 +240,17 @@ def main(argv=None):
                                         "default: heareval's own")
     pr.add_argument("--grid-points", type=int, default=8, help="grid points heareval draws (its default 8)")
     pr.add_argument("--gpus", default=None, help="passed to heareval (e.g. '[0]')")
+    st = sub.add_parser("install-startup", help="make heareval's own runners work as typed in this environment "
+                                                "(a .pth hook in site-packages)")
+    st.add_argument("--uninstall", action="store_true", help="remove the hook instead")
+    st.add_argument("--target", type=Path, default=None,
+                    help="folder to install into (default: this Python's site-packages)")
     a = p.parse_args(argv)
+    if a.cmd == "install-startup":
+        try:
+            return install_startup_main(a.target, a.uninstall)
+        except FileNotFoundError as e:
+            p.error(str(e))
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # only settable before any inter-op work; harmless if already 1

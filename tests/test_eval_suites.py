@@ -1,5 +1,10 @@
 """eval_suites: suite data, mini-suite pieces, heareval compat, runner end to end."""
+import collections
+import inspect
+import io
 import json
+import os
+import pickle
 import struct
 import subprocess
 import sys
@@ -12,6 +17,8 @@ import torch
 import hear_ssam
 from eval_suites import mini
 from eval_suites.build import BUILDERS
+from eval_suites import heareval_startup
+from eval_suites.heareval_compat import main as compat_main
 from eval_suites.heareval_compat import patch_heareval, resolve_grid
 from eval_suites.runner import BASELINE_MODELS, ModelSpec, run
 from eval_suites.suites import (HEAR2021, HEAR2021_COLUMNS, HEAREVAL_GRID, HEAREVAL_SCORES, MINI, PAPER_GRID,
@@ -102,6 +109,112 @@ def test_compat_restores_hearevals_grid_and_writes_stable_hparams():
     assert tp.hparams_to_json({"initialization": torch.nn.init.xavier_normal_, "lr": 0.1}) == {
         "initialization": "torch.nn.init.xavier_normal_", "lr": 0.1}
     assert AcceleratorConnector._init_deterministic._warn_only  # deterministic=True -> warn-only
+
+
+def _weights_only_roundtrip(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+@pytest.fixture
+def no_safe_globals():
+    """torch's weights-only allowlist emptied for one test, then put back as it was."""
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    yield
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(before)
+
+
+def _checkpoint_like(**hyper_parameters):
+    return {"epoch": 3, "global_step": 12, "state_dict": {"predictor.weight": torch.arange(6.0).view(2, 3)},
+            "callbacks": {"ModelCheckpoint": {"best_model_score": torch.tensor(0.75)}},
+            "hyper_parameters": dict(hyper_parameters, lr=1e-3, hidden_layers=2)}
+
+
+def test_startup_patch_allows_exactly_hearevals_checkpoint_globals(no_safe_globals):
+    import heareval.predictions.task_predictions as tp
+    drawn = [dict(hidden_norm=torch.nn.BatchNorm1d, embedding_norm=torch.nn.Identity,
+                  initialization=init, optim=torch.optim.Adam)
+             for init in (torch.nn.init.xavier_uniform_, torch.nn.init.xavier_normal_)]
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        _weights_only_roundtrip(_checkpoint_like(**drawn[0]))
+    heareval_startup.patch_heareval_predictions()
+    for hp in drawn:
+        loaded = _weights_only_roundtrip(_checkpoint_like(**hp))
+        assert loaded["hyper_parameters"] == dict(hp, lr=1e-3, hidden_layers=2) and loaded["epoch"] == 3
+        assert torch.equal(loaded["state_dict"]["predictor.weight"], torch.arange(6.0).view(2, 3))
+    # the list is heareval's grids' classes and functions, no more, no less
+    in_grids = {v for grid in (tp.PARAM_GRID, tp.FAST_PARAM_GRID, tp.FASTER_PARAM_GRID)
+                for values in grid.values() for v in values if callable(v)}
+    assert set(torch.serialization.get_safe_globals()) == in_grids
+    for other in (os.system, subprocess.Popen, collections.defaultdict, torch.nn.LayerNorm, torch.optim.SGD):
+        with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+            _weights_only_roundtrip(_checkpoint_like(hidden_norm=other))
+
+
+def test_compat_also_allows_what_suite_grids_can_name(no_safe_globals):
+    patch_heareval(seed=0, grid=PAPER_GRID)
+    hp = dict(hidden_norm=torch.nn.LayerNorm, optim=torch.optim.AdamW, initialization=torch.nn.init.xavier_normal_)
+    assert _weights_only_roundtrip(_checkpoint_like(**hp))["hyper_parameters"]["optim"] is torch.optim.AdamW
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        _weights_only_roundtrip(_checkpoint_like(hidden_norm=os.system))
+
+
+def test_run_after_import_runs_its_hook_once_the_module_has_loaded(tmp_path, monkeypatch):
+    pkg = tmp_path / "hookdemo_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "target.py").write_text("VALUE = 7\n\n\ndef answer():\n    return VALUE\n")
+    (pkg / "other.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    finder = heareval_startup.RunAfterImport("hookdemo_pkg.target",
+                                             lambda: seen.append(sys.modules["hookdemo_pkg.target"].VALUE))
+    sys.meta_path.insert(0, finder)
+    try:
+        import hookdemo_pkg.other  # noqa: F401  (not the hooked name)
+        assert seen == []
+        import hookdemo_pkg.target as target
+        assert seen == [7] and target.answer() == 7
+        # the module keeps its own loader, so its source stays readable (tracebacks, inspect)
+        assert type(target.__loader__).__name__ == "SourceFileLoader" and target.__spec__.loader is target.__loader__
+        assert "return VALUE" in inspect.getsource(target.answer)
+    finally:
+        sys.meta_path.remove(finder)
+        for name in ("hookdemo_pkg", "hookdemo_pkg.other", "hookdemo_pkg.target"):
+            sys.modules.pop(name, None)
+
+
+def test_install_startup_into_a_folder_and_remove_it(tmp_path, capsys):
+    site, name = tmp_path / "site", heareval_startup.INSTALLED_NAME
+    site.mkdir()
+    module, pth = site / f"{name}.py", site / f"{name}.pth"
+    for _ in range(2):  # idempotent
+        assert compat_main(["install-startup", "--target", str(site)]) == 0
+        assert capsys.readouterr().out == f"wrote {module}\nwrote {pth}\n"
+    assert module.read_bytes() == Path(heareval_startup.__file__).read_bytes()
+    assert pth.read_text() == f"import {name}; {name}.install_import_hook()\n"
+    # as a site folder: the .pth puts the hook first on sys.meta_path, and imports no torch
+    probe = ("import site, sys; site.addsitedir(sys.argv[1]); import hear_ssam_heareval_startup as h; "
+             "f = sys.meta_path[0]; print(type(f).__name__, f.module_name, 'torch' in sys.modules, h.__file__)")
+    r = subprocess.run([sys.executable, "-S", "-c", probe, str(site)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["RunAfterImport", "heareval.predictions.task_predictions", "False", str(module)]
+    compiled = site / "__pycache__" / f"{name}.cpython-311.pyc"  # as an interpreter that imported it leaves
+    compiled.parent.mkdir(exist_ok=True)
+    compiled.write_bytes(b"")
+    assert compat_main(["install-startup", "--uninstall", "--target", str(site)]) == 0
+    assert capsys.readouterr().out == f"removed {pth}\nremoved {module}\nremoved {compiled}\n"
+    assert not list(site.rglob(f"{name}*"))
+    compat_main(["install-startup", "--uninstall", "--target", str(site)])
+    assert capsys.readouterr().out == f"nothing to remove in {site}\n"
+    with pytest.raises(SystemExit) as e:
+        compat_main(["install-startup", "--target", str(tmp_path / "nope")])
+    assert e.value.code == 2
+    assert "nope is not a folder: pass an existing site-packages folder as --target" in capsys.readouterr().err
 
 
 def test_model_spec_parsing(tmp_path):

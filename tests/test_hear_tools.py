@@ -1,5 +1,6 @@
 """The real HEAR tools, exactly as a user types them (subprocesses, any directory)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,7 +12,9 @@ import torch
 
 import hear_ssam
 from hear_ssam.__main__ import main as cli
+from eval_suites import heareval_startup, mini, mini_events
 from hear_bundle import write_event_task, write_scene_task
+from test_mini_events import _kit_tree
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -74,3 +77,49 @@ def test_heareval_embeddings_runner_scene_and_event(tmp_path, official_ckpt):
     assert edims == [3 * 75, 960]
     stamps = json.loads((event / "test.filename-timestamps.json").read_text())
     assert stamps[0][1] == 15.0 and stamps[74][1] == 2975.0 and stamps[75][1] == 15.0
+
+
+def _users_shell():
+    """A user's environment: no weights-only override, no project folder on the path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "PYTHONPATH")}
+    return dict(env, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def test_hearevals_own_two_commands_as_typed(tmp_path):
+    installed = heareval_startup.site_packages() / f"{heareval_startup.INSTALLED_NAME}.py"
+    if not installed.exists() or installed.read_bytes() != Path(heareval_startup.__file__).read_bytes():
+        pytest.fail(f"{installed} is missing or out of date: run `bash scripts/setup.sh` "
+                    "(or `python -m eval_suites.heareval_compat install-startup`)")
+    root, tasks = _kit_tree(tmp_path / "unpacked"), tmp_path / "tasks"
+    tasks.mkdir()
+    mini.build_drums(root, tasks)  # scene, 4 folds
+    mini_events.build_drum_events(root, tasks, clips_per_fold=2, seconds=2.0)  # events, 4 folds
+    write_event_task(tasks)  # events scored at every validation: needs FitLoop's current_epoch setter
+    bundles = sorted(p.name for p in tasks.iterdir())
+    assert bundles == ["bursts-v1.0-full", "mini_drum_events-v1.0-full", "mini_drums-v2.0-full"]
+    logmel = tmp_path / "logmel.safetensors"
+    cli(["init", "logmel", str(logmel)])
+
+    def typed(*args):
+        r = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=_users_shell(), capture_output=True,
+                           text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        assert "Weights only load failed" not in r.stderr
+    typed("heareval.embeddings.runner", "hear_ssam", "--model", str(logmel), "--tasks-dir", "tasks",
+          "--embeddings-dir", "emb")
+    # heareval's "faster" grid and one grid point: its 8-point default takes minutes per task
+    typed("heareval.predictions.runner", *[f"emb/hear_ssam/{b}" for b in bundles], "--grid", "faster",
+          "--grid-points", "1")
+    for b in bundles:
+        scores = json.loads((tmp_path / "emb" / "hear_ssam" / b / "test.predicted-scores.json").read_text())
+        score = scores["aggregated_scores"]["test_score_mean"] if "aggregated_scores" in scores else \
+            scores["test"]["test_score"]
+        assert math.isfinite(score) and 0.0 <= score <= 1.0, (b, scores)
+    # every checkpoint heareval wrote (and read back) holds only allowlisted globals
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+    allowed = {f"{module}.{name}" for module, name in heareval_startup.HEAREVAL_CHECKPOINT_GLOBALS}
+    checkpoints = sorted((tmp_path / "logs").rglob("*.ckpt"))
+    assert len(checkpoints) == 4 + 4 + 1  # a probe per fold, one for train/valid/test
+    for ckpt in checkpoints:
+        held = set(get_unsafe_globals_in_checkpoint(ckpt))
+        assert {"torch.nn.modules.linear.Identity", "torch.optim.adam.Adam"} <= held <= allowed, (ckpt, held)
