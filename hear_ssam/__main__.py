@@ -1,6 +1,6 @@
 """Command line: convert official checkpoints, make random-init ones, inspect any.
 
-    python -m hear_ssam convert checkpoint-99.pth ssam_tiny.safetensors [--token-order official]
+    python -m hear_ssam convert checkpoint-99.pth ssam_tiny.safetensors [--runtime official]
     python -m hear_ssam init ssam-tiny random_tiny.safetensors [--seed 0]
     python -m hear_ssam init logmel logmel.safetensors      # the log-mel baseline, as a file
     python -m hear_ssam info ssam_tiny.safetensors
@@ -17,7 +17,7 @@ from .checkpoint import CheckpointError, baseline_config, load_checkpoint, save_
 from .encoder import SpectrogramEncoder
 from .frontend import FrontendConfig
 from .presets import PRESETS, family_of_preset
-from .runtime import TOKEN_ORDERS
+from .runtime import RUNTIMES, TOKEN_ORDERS, resolve_runtime
 
 
 def main(argv=None) -> int:
@@ -27,8 +27,10 @@ def main(argv=None) -> int:
     c = sub.add_parser("convert", help="official .pth (or ours) -> hear_ssam .safetensors")
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--token-order", choices=TOKEN_ORDERS, default="time-major",
-                   help="frame layout the HEAR API uses for this checkpoint")
+    c.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="the runtime load_model runs for this checkpoint: hear (default) or official, "
+                        "what the family's released code computes")
+    c.add_argument("--token-order", choices=TOKEN_ORDERS, default=None, help=argparse.SUPPRESS)  # older spelling
     i = sub.add_parser("init", help="a randomly initialised checkpoint of a preset")
     i.add_argument("preset", choices=sorted(PRESETS) + ["logmel"], help="a preset, or logmel: the "
                    "log-mel baseline as a weightless file (what heareval's --model needs)")
@@ -37,15 +39,22 @@ def main(argv=None) -> int:
     n = sub.add_parser("info", help="print a checkpoint's config and parameter count")
     n.add_argument("path")
     args = p.parse_args(argv)
+    if args.cmd == "convert":
+        try:
+            runtime = resolve_runtime(args.runtime, args.token_order)
+        except ValueError:  # both flags given, meaning different runtimes (argparse checked the values)
+            c.error(f"--runtime {args.runtime} and --token-order {args.token_order} ask for different "
+                    "runtimes; give only --runtime (--token-order is its older spelling: "
+                    "time-major = hear, official = official)")
 
     try:
         if args.cmd == "convert":
             encoder, config = load_checkpoint(args.src)
             prov = dict(config.get("provenance", {}), converted_from=args.src)
-            save_checkpoint(args.dst, encoder, args.token_order, prov,
+            save_checkpoint(args.dst, encoder, runtime, prov,
                             frontend=FrontendConfig.from_dict(config["frontend"]))
             print(f"wrote {args.dst}: {config['family'] or encoder.cfg.block} width {encoder.cfg.embed_dim}, "
-                  f"{encoder.num_trainable_parameters():,} parameters, token order {args.token_order}")
+                  f"{encoder.num_trainable_parameters():,} parameters, runtime {runtime}")
         elif args.cmd == "init" and args.preset == "logmel":
             save_baseline(args.dst, "logmel", FrontendConfig())
             print(f"wrote {args.dst}: the log-mel baseline (no weights)")

@@ -11,29 +11,35 @@ from .baseline import BASELINES, LogMelBaseline
 from .checkpoint import baseline_config, load_checkpoint, make_config
 from .encoder import SpectrogramEncoder
 from .frontend import FrontendConfig
-from .presets import FAMILIES, PRESETS
-from .runtime import HearSSAM
+from .presets import PRESETS
+from .runtime import HearSSAM, resolve_runtime
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "ssam_tiny.safetensors"
 RANDOM_INIT_SEED = 0
 
 
-def load_model(model_file_path: str = "", token_order: str | None = None,
+def load_model(model_file_path: str = "", runtime: str | None = None,
                chunk_batch_size: int | None = None, window_seconds: float | None = None,
-               precision: str = "fp32") -> HearSSAM | LogMelBaseline:
+               precision: str = "fp32", token_order: str | None = None) -> HearSSAM | LogMelBaseline:
     """A HEAR model in eval mode, from our .safetensors, an official .pth, or the default;
     "logmel" (or a file from `python -m hear_ssam init logmel FILE`) gives the log-mel
     baseline (no weights; the options do not apply to it).
 
-    token_order: None keeps the checkpoint's own ("time-major" unless it says otherwise);
-    "official" reproduces the released HEAR runtime's frame layout exactly (2 s windows only).
+    runtime: None keeps the checkpoint's own ("hear" unless it says otherwise). "hear": true
+    40 ms frames, scene embeddings pooled over the clip's real frames (SSAMBA: its real
+    tokens). "official": what the family's released code computes (pretraining window only):
+    SSAM / SSAST / AxLSTM: the released HEAR runtime's frame layout, padding and trim;
+    SSAMBA: the released `ft_avgtok` scene vector of the clip padded or cut to 10.24 s, its
+    timestamp embeddings as under "hear" (the released code has no frame-level output).
+    See hear_ssam.runtime for the table.
     window_seconds: length of the independent windows a clip is cut into (default: the
     pretraining crop, 2 s for SSAM / SSAST / AxLSTM, 10.24 s for SSAMBA); longer windows
     extend the fixed sin-cos positions by their formula.
     chunk_batch_size: windows per encoder call (default: 32 s of audio per call).
     precision: "fp32" (default), or "fp16" / "bf16" autocast for the encoder (the official
     runtime embeds under fp16 autocast on GPU; outputs stay float32).
-    Through heareval: --model-options '{"window_seconds": 10, "precision": "fp16"}'.
+    token_order: the older spelling of runtime ("time-major" = "hear", "official" = "official").
+    Through heareval: --model-options '{"runtime": "official", "precision": "fp16"}'.
     """
     if model_file_path in BASELINES:
         return LogMelBaseline().eval()
@@ -52,21 +58,19 @@ def load_model(model_file_path: str = "", token_order: str | None = None,
             torch.manual_seed(RANDOM_INIT_SEED)
             encoder = SpectrogramEncoder(PRESETS["ssam-tiny"]).eval()
         config = make_config(encoder.cfg, provenance={"weights": f"random init, seed {RANDOM_INIT_SEED}"})
-    order = token_order or config.get("token_order", "time-major")
+    runtime = resolve_runtime(runtime, token_order, default=config["runtime"])
     frontend = FrontendConfig.from_dict(config["frontend"])
     window_frames = encoder.cfg.crop_frames if window_seconds is None else \
         window_frames_of(window_seconds, frontend, encoder.cfg.patch_time)
     if window_frames != encoder.cfg.crop_frames:
-        if order == "official":
-            raise ValueError(f"token_order='official' reproduces the released runtime, which only "
+        if runtime == "official":
+            raise ValueError(f"runtime='official' reproduces the released runtime, which only "
                              f"uses {encoder.cfg.crop_frames * frontend.frame_ms / 1000:g} s windows; "
-                             f"got window_seconds={window_seconds} (use token_order='time-major')")
+                             f"got window_seconds={window_seconds} (use runtime='hear')")
         encoder.extend_window(window_frames)
     if chunk_batch_size is None:
         chunk_batch_size = max(1, round(3200 / encoder.cfg.crop_frames))
-    family = FAMILIES.get(config.get("family") or "")
-    return HearSSAM(encoder, order, chunk_batch_size, config, frontend=frontend,
-                    scene_pooling=family.scene_pooling if family else "frames", precision=precision).eval()
+    return HearSSAM(encoder, runtime, chunk_batch_size, config, frontend=frontend, precision=precision).eval()
 
 
 def window_frames_of(window_seconds, frontend: FrontendConfig, patch_time: int) -> int:
@@ -132,7 +136,8 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearSSAM | LogMelBaseli
 
 def get_scene_embeddings(audio: torch.Tensor, model: HearSSAM | LogMelBaseline) -> torch.Tensor:
     """float32 [n, scene_embedding_size]: the mean of the clip's frame embeddings (SSAMBA:
-    of its non-CLS tokens; the log-mel baseline: mean and std of its log-mel frames)."""
+    of its non-CLS tokens; with runtime "official", of the tokens of its first 10.24 s padded
+    to one window; the log-mel baseline: mean and std of its log-mel frames)."""
     _check(audio, model)
     with torch.no_grad():
         return model.scene_embeddings(audio).float()

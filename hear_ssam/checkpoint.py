@@ -5,7 +5,10 @@ key "hear_ssam", so one path is the whole model:
 
     {"format": "hear_ssam/2", "preset": "ssam-tiny" | null, "family": "ssam" | null,
      "encoder": EncoderConfig fields, "frontend": FrontendConfig fields,
-     "token_order": "time-major" | "official", "provenance": {...}}
+     "runtime": "hear" | "official", "provenance": {...}}
+
+Files written before `runtime` existed (the bundled asset among them) store its older
+spelling, "token_order": "time-major" | "official"; `parse_config` reads either as "runtime".
 
 Format 1 (releases <= 0.1: the bundled asset, files converted then) had a flat encoder
 config with `arch` and a frontend record that was never read; `upgrade_v1` maps it.
@@ -35,6 +38,7 @@ from safetensors.torch import save_file
 from .encoder import EncoderConfig, SpectrogramEncoder
 from .frontend import FrontendConfig
 from .presets import FAMILIES, family_of_config, preset_name
+from .runtime import resolve_runtime
 
 FORMAT = "hear_ssam/2"
 FORMAT_V1 = "hear_ssam/1"
@@ -48,22 +52,24 @@ class CheckpointError(ValueError):
 
 # ---------------------------------------------------------------- our format
 
-def make_config(cfg: EncoderConfig, frontend: FrontendConfig | None = None, token_order="time-major",
+def make_config(cfg: EncoderConfig, frontend: FrontendConfig | None = None, runtime: str = "hear",
                 provenance=None) -> dict:
+    """The format-2 config of an encoder; `runtime` ("hear" | "official") is the one
+    `load_model` runs for the file unless told otherwise."""
     frontend = frontend or FrontendConfig()
     if frontend.n_mels != cfg.n_mels:
         raise ValueError(f"frontend gives {frontend.n_mels} bins but the encoder expects {cfg.n_mels}")
     family = family_of_config(cfg)
     return {"format": FORMAT, "preset": preset_name(cfg), "family": family.name if family else None,
-            "encoder": cfg.to_dict(), "frontend": frontend.to_dict(), "token_order": token_order,
+            "encoder": cfg.to_dict(), "frontend": frontend.to_dict(), "runtime": resolve_runtime(runtime),
             "provenance": provenance or {}}
 
 
-def save_checkpoint(path, encoder: SpectrogramEncoder, token_order="time-major", provenance=None,
+def save_checkpoint(path, encoder: SpectrogramEncoder, runtime: str = "hear", provenance=None,
                     frontend: FrontendConfig | None = None) -> dict:
     """Write weights + config atomically (a crash never leaves a half-written file)."""
     path = Path(path)
-    config = make_config(encoder.cfg, frontend, token_order, provenance)
+    config = make_config(encoder.cfg, frontend, runtime, provenance)
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     write_safetensors(path, tensors, {METADATA_KEY: json.dumps(config)})
     return config
@@ -117,7 +123,8 @@ def read_safetensors(path: Path):
 
 
 def parse_config(config: dict, path) -> tuple[EncoderConfig, FrontendConfig, dict]:
-    """(encoder config, frontend config, format-2 config dict) of a stored config."""
+    """(encoder config, frontend config, format-2 config dict) of a stored config; the dict
+    says "runtime" whichever spelling the file stores (older files: "token_order")."""
     try:
         if config.get("format") == FORMAT_V1:
             config = upgrade_v1(config)
@@ -125,13 +132,15 @@ def parse_config(config: dict, path) -> tuple[EncoderConfig, FrontendConfig, dic
             raise CheckpointError(f"{path}: unknown checkpoint format {config.get('format')!r}")
         cfg = EncoderConfig(**config["encoder"])
         frontend = FrontendConfig.from_dict(config["frontend"])
+        runtime = resolve_runtime(config.get("runtime"), config.get("token_order"))
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad config ({type(e).__name__}: {e})") from None
     if frontend.n_mels != cfg.n_mels:
         raise CheckpointError(f"{path}: frontend gives {frontend.n_mels} bins, encoder expects {cfg.n_mels}")
-    return cfg, frontend, config
+    config = {k: v for k, v in config.items() if k != "token_order"}  # read as its newer spelling
+    return cfg, frontend, dict(config, runtime=runtime)
 
 
 # ---------------------------------------------------------------- official .pth
@@ -283,7 +292,7 @@ def load_checkpoint(path) -> tuple[SpectrogramEncoder, dict]:
         provenance = {"converted_from": str(path)}
         if set_aside:
             provenance["set_aside_keys"] = sorted(set_aside)
-        config = make_config(cfg, frontend, "time-major", provenance)
+        config = make_config(cfg, frontend, "hear", provenance)
         return build_encoder(cfg, state, path), config
     raise CheckpointError(f"{path}: unknown checkpoint type '{path.suffix}'; expected a "
                           "hear_ssam .safetensors file or an official .pth release")

@@ -8,6 +8,7 @@ ours (timm's `checkpoint_filter_fn` pattern; returns (our keys, set-aside keys))
 
     PRESETS["ssam-tiny"]      -> EncoderConfig     (every family x size)
     FAMILIES["ssam"].frontend -> FrontendConfig
+    FAMILIES["ssam"].runtimes -> what `load_model(runtime=...)` runs for it (hear_ssam.runtime)
 
 Adding a family = one block module in `modules/` + one entry in FAMILIES.
 """
@@ -18,6 +19,17 @@ from typing import Callable
 
 from .encoder import EncoderConfig
 from .frontend import SSAMBA_FBANK, FrontendConfig
+
+
+# The HEAR runtimes of the SSAM framework's families (SSAM, SSAST, AxLSTM) and of encoders
+# of no family: runtime name -> HearSSAM's frame layout and scene pooling (values: see
+# hear_ssam.runtime). "official" is their released HEAR runtime.
+SSAM_RUNTIMES = {"hear": {"frame_layout": "time-steps", "scene_pooling": "frames"},
+                 "official": {"frame_layout": "released", "scene_pooling": "frames"}}
+# SSAMBA's released code pools `ft_avgtok` over one padded-or-cut 10.24 s window and has no
+# frame-level output, so its timestamp frames are ours under both runtimes.
+SSAMBA_RUNTIMES = {"hear": {"frame_layout": "time-steps", "scene_pooling": "tokens"},
+                   "official": {"frame_layout": "time-steps", "scene_pooling": "window_tokens"}}
 
 
 def identity_keys(state: dict) -> tuple[dict, dict]:
@@ -38,7 +50,8 @@ class Family:
     detect: Callable[[dict], bool] = lambda state: False
     from_official: Callable[[dict], tuple] = identity_keys
     block_options_from_state: Callable[[dict, int], dict] = lambda state, dim: {}
-    scene_pooling: str = "frames"  # HEAR scene embedding: mean of frames, or of tokens (SSAMBA)
+    # runtime ("hear", "official") -> HearSSAM's frame layout and scene pooling
+    runtimes: dict = dataclasses.field(default_factory=lambda: SSAM_RUNTIMES)
 
     def config(self, size: str) -> EncoderConfig:
         spec = dict(self.sizes[size])
@@ -139,7 +152,7 @@ FAMILIES = {f.name: f for f in (
     # with Vim's stochastic depth 0.1 (run_mask_patch_amba.sh: drop_path_rate=0.1).
     Family(name="ssamba", title="SSAMBA (Shams et al. 2024, bidirectional Mamba in SSAST)", block="bimamba",
            block_options={"norm_eps": 1e-5, "d_state": 16, "d_conv": 4, "expand": 2},
-           sizes=_SIZES, traversal="flipped_pairs", frontend=SSAMBA_FBANK, scene_pooling="tokens",
+           sizes=_SIZES, traversal="flipped_pairs", frontend=SSAMBA_FBANK, runtimes=SSAMBA_RUNTIMES,
            encoder={"depth": 24, "crop_frames": 1024, "patch_time": 16, "patch_freq": 16, "norm_eps": 1e-5,
                     "patch_order": "freq-major", "positions": "learned", "final_norms": 2,
                     "head_activation": "relu", "mask_token_position": True, "contrastive_head": True,

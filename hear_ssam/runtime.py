@@ -7,14 +7,37 @@ step longer than 50 ms (SSAMBA's 16-frame patches: 160 ms) is repeated onto a re
 at most 50 ms, as HEAR asks. Timestamps are the centres of the feature frames each output
 frame covers, and only frames centred inside the clip are returned.
 
-Scene embedding ("scene pooling"): "frames" = mean of the clip's frames (SSAM, AxLSTM);
-"tokens" = mean of its non-CLS tokens (SSAMBA's `ft_avgtok`), D values.
+Runtimes (`load_model(runtime=...)`; each family's choice of frame layout and scene
+pooling is data, `presets.Family.runtimes`):
 
-Token orders
-- "time-major" (default): output frame t concatenates the 5 frequency patches of time step t.
-- "official": the released code's reshape `'b (f t) d -> b t (f d)'`, which treats the
-  time-major tokens as frequency-major, so "frame" i mixes tokens 0.4 s apart; its padding
-  (a full extra chunk when T is a multiple of 200) and trim are reproduced as well.
+| family              | runtime    | timestamp frames | scene embedding                                  |
+|---------------------|------------|------------------|--------------------------------------------------|
+| SSAM, SSAST, AxLSTM | "hear"     | "time-steps"     | "frames": mean of the clip's frames              |
+| SSAM, SSAST, AxLSTM | "official" | "released"       | "frames": mean of those frames                   |
+| SSAMBA              | "hear"     | "time-steps"     | "tokens": mean of the clip's real non-CLS tokens |
+| SSAMBA              | "official" | "time-steps" (*) | "window_tokens": `ft_avgtok` as released         |
+
+(*) the released SSAMBA code has no frame-level output.
+
+Frame layouts
+- "time-steps": output frame t concatenates the frequency patches of time step t; windows are
+  padded only to whole windows, and only frames centred inside the clip are kept.
+- "released": the released SSAM/AxLSTM HEAR runtime: padding by `crop - T % crop` frames (a
+  whole extra window when T is a multiple of the crop), the reshape `'b (f t) d -> b t (f d)'`,
+  which treats the time-major tokens as frequency-major (so "frame" i mixes tokens 0.4 s
+  apart), and its trim of `int(n_t * pad / crop)` frames; timestamps at the centres of equal
+  slices of the clip.
+
+Scene poolings (D values unless "frames": n_f * D)
+- "frames": mean of the clip's output frames.
+- "tokens": mean of the clip's non-CLS tokens (after the final norms), frequency patches too,
+  under its kept frames (each time step weighted by its frames on the 40 ms grid).
+- "window_tokens": SSAMBA's released fine-tuning input and `ft_avgtok`: the clip's features
+  padded with the padding value (zero fbank, normalised) or cut to one window (the first
+  `crop_frames` frames: a clip longer than 10.24 s counts only its first 10.24 s), one encoder
+  pass, mean of all its non-CLS tokens, padding included.
+
+`token_order` is the older spelling of the runtime: "time-major" = "hear", "official" = "official".
 """
 from __future__ import annotations
 
@@ -24,46 +47,84 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from .encoder import SpectrogramEncoder
+from .encoder import EncoderConfig, SpectrogramEncoder
 from .frontend import FrontendConfig, build_frontend, pad_value
+from .presets import SSAM_RUNTIMES, family_of_config
 
-TOKEN_ORDERS = ("time-major", "official")
+RUNTIMES = ("hear", "official")
+TOKEN_ORDER_RUNTIMES = {"time-major": "hear", "official": "official"}  # the older spelling, `token_order`
+TOKEN_ORDERS = tuple(TOKEN_ORDER_RUNTIMES)
+FRAME_LAYOUTS = ("time-steps", "released")
+SCENE_POOLINGS = ("frames", "tokens", "window_tokens")
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # autocast dtype of the encoder
-SCENE_POOLINGS = ("frames", "tokens")
 MAX_HOP_MS = 50.0  # HEAR's recommended maximum timestamp hop
+
+
+def resolve_runtime(runtime: str | None = None, token_order: str | None = None, default: str = "hear") -> str:
+    """The runtime asked for by `runtime` or by its older spelling `token_order` (`default`
+    when neither is given); both may be given only if they mean the same runtime."""
+    if token_order is not None:
+        if token_order not in TOKEN_ORDER_RUNTIMES:
+            raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {token_order!r} "
+                             f"(token_order is the older spelling of runtime, one of {RUNTIMES})")
+        if runtime is not None and runtime != TOKEN_ORDER_RUNTIMES[token_order]:
+            raise ValueError(f"runtime={runtime!r} and token_order={token_order!r} ask for different "
+                             f"runtimes; give only runtime (token_order is its older spelling: "
+                             "'time-major' = 'hear', 'official' = 'official')")
+        runtime = TOKEN_ORDER_RUNTIMES[token_order]
+    runtime = default if runtime is None else runtime
+    if runtime not in RUNTIMES:
+        hint = f" (the older token_order {runtime!r} is runtime {TOKEN_ORDER_RUNTIMES[runtime]!r})" \
+            if runtime in TOKEN_ORDER_RUNTIMES else ""
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}{hint}")
+    return runtime
+
+
+def runtime_plan(cfg: EncoderConfig, runtime: str) -> dict:
+    """{"frame_layout": ..., "scene_pooling": ...} that `runtime` means for the family of an
+    encoder config (an encoder of no family: SSAM's)."""
+    family = family_of_config(cfg)
+    return dict((family.runtimes if family else SSAM_RUNTIMES)[resolve_runtime(runtime)])
 
 
 class HearSSAM(nn.Module):
     """What `load_model` returns: frontend + encoder + the HEAR attributes (plain ints)."""
 
-    def __init__(self, encoder: SpectrogramEncoder, token_order: str = "time-major",
+    def __init__(self, encoder: SpectrogramEncoder, runtime: str = "hear",
                  chunk_batch_size: int = 16, config: dict | None = None,
-                 frontend: FrontendConfig | None = None, scene_pooling: str = "frames",
+                 frontend: FrontendConfig | None = None, scene_pooling: str | None = None,
                  precision: str = "fp32"):
-        """`frontend`: the features the encoder was trained on (default: the config's, else SSAM's)."""
+        """`runtime`: "hear" or "official" (module docstring); it picks the frame layout and the
+        scene pooling of the encoder's family (`presets.Family.runtimes`). `scene_pooling`
+        overrides the pooling. `frontend`: the features the encoder was trained on (default:
+        the config's, else SSAM's)."""
         super().__init__()
-        if token_order not in TOKEN_ORDERS:
-            raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {token_order!r}")
+        plan = runtime_plan(encoder.cfg, runtime)
+        frame_layout, scene_pooling = plan["frame_layout"], scene_pooling or plan["scene_pooling"]
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if scene_pooling not in SCENE_POOLINGS:
             raise ValueError(f"scene_pooling must be one of {SCENE_POOLINGS}, got {scene_pooling!r}")
-        if token_order == "official" and encoder.cfg.patch_order != "time-major":
-            raise ValueError("token_order='official' reproduces the released SSAM/AxLSTM runtime's reshape "
-                             "of time-major tokens; this model's tokens are frequency-major")
+        if frame_layout not in FRAME_LAYOUTS:
+            raise ValueError(f"frame_layout must be one of {FRAME_LAYOUTS}, got {frame_layout!r}")
+        if frame_layout == "released" and encoder.cfg.patch_order != "time-major":
+            raise ValueError(f"runtime={runtime!r} reproduces the released SSAM/AxLSTM runtime's reshape "
+                             "of time-major tokens; this model's tokens are frequency-major (use runtime='hear')")
         self.config = dict(config or {})
         if frontend is None:
             frontend = FrontendConfig.from_dict(self.config["frontend"]) if "frontend" in self.config \
                 else FrontendConfig(n_mels=encoder.cfg.n_mels)
         if frontend.n_mels != encoder.cfg.n_mels:
             raise ValueError(f"frontend gives {frontend.n_mels} bins, the encoder expects {encoder.cfg.n_mels}")
-        self.config.update(frontend=frontend.to_dict(), token_order=token_order,  # what actually runs
+        self.config.pop("token_order", None)  # the older spelling of "runtime"
+        self.config.update(frontend=frontend.to_dict(), runtime=runtime,  # what actually runs
                            window_seconds=encoder.cfg.crop_frames * frontend.frame_ms / 1000,
-                           scene_pooling=scene_pooling, precision=precision)
+                           frame_layout=frame_layout, scene_pooling=scene_pooling, precision=precision)
         self.frontend = build_frontend(frontend)
         self.pad_value = pad_value(frontend)
         self.encoder = encoder
-        self.token_order = token_order
+        self.runtime = runtime
+        self.frame_layout = frame_layout
         self.scene_pooling = scene_pooling
         # The official runtime embeds under fp16 autocast on GPU; the frontend stays fp32.
         self.precision = precision
@@ -101,25 +162,29 @@ class HearSSAM(nn.Module):
     def tokens_to_frames(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, N, D] encoded patches -> [B, n_t, n_f * D] frames (one per time step)."""
         B, N, D = tokens.shape
-        if self.token_order == "official":  # the released '(f t)' reshape of time-major tokens
+        if self.frame_layout == "released":  # the released '(f t)' reshape of time-major tokens
             n_f = self.encoder.cfg.grid[1]
             return tokens.view(B, n_f, N // n_f, D).transpose(1, 2).reshape(B, N // n_f, n_f * D)
         grid = self.encoder.tokens_to_grid(tokens)
         return grid.reshape(B, grid.shape[1], -1)
 
-    def encode(self, chunks: torch.Tensor) -> torch.Tensor:
-        """Frames [B, n_t, n_f * D] of chunks [B, 1, frames, F], `chunk_batch_size` at a time."""
+    def encode_tokens(self, chunks: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, N, D] (float32) of windows [B, 1, frames, F], `chunk_batch_size` at a time."""
         dtype = PRECISIONS[self.precision]
         with torch.autocast(chunks.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = [self.tokens_to_frames(self.encoder(chunks[i:i + self.chunk_batch_size])).float()
+            out = [self.encoder(chunks[i:i + self.chunk_batch_size]).float()
                    for i in range(0, chunks.shape[0], self.chunk_batch_size)]
         return torch.cat(out)
+
+    def encode(self, chunks: torch.Tensor) -> torch.Tensor:
+        """Frames [B, n_t, n_f * D] of windows [B, 1, frames, F]."""
+        return self.tokens_to_frames(self.encode_tokens(chunks))
 
     def clip_frames(self, spec: torch.Tensor) -> torch.Tensor:
         """[n, 1, T, F] normalised log-mels -> [n, n_out, n_f * D] frames before trimming."""
         n, crop, pt = spec.shape[0], self.encoder.cfg.crop_frames, self.encoder.cfg.patch_time
         T = spec.shape[2]
-        if self.token_order == "official":  # always pads, a whole extra chunk if T % crop == 0
+        if self.frame_layout == "released":  # always pads, a whole extra chunk if T % crop == 0
             return self.encode(self.chunk_frames(spec, crop - T % crop)).reshape(n, -1, self.timestamp_embedding_size)
         if not self.encoder.is_causal:
             return self.encode(self.chunk_frames(spec, (-T) % crop)).reshape(n, -1, self.timestamp_embedding_size)
@@ -141,7 +206,7 @@ class HearSSAM(nn.Module):
         spec = self.frontend(audio)
         frames = self.clip_frames(spec)
         duration_ms = 1000.0 * n_samples / self.sample_rate
-        if self.token_order == "official":
+        if self.frame_layout == "released":
             crop, n_t = self.encoder.cfg.crop_frames, self.encoder.cfg.grid[0]
             pad = crop - spec.shape[2] % crop
             n_keep = frames.shape[1] - int(n_t * pad / crop)
@@ -155,8 +220,18 @@ class HearSSAM(nn.Module):
         stamps = stamps.to(torch.float32).to(audio.device).expand(n, -1).contiguous()
         return frames, stamps
 
+    def window_tokens(self, audio: torch.Tensor) -> torch.Tensor:
+        """[n, samples] -> tokens [n, N, D] of one window: the clip's features padded with the
+        padding value or cut to `crop_frames` (SSAMBA's released fine-tuning input)."""
+        spec = self.frontend(audio)
+        crop = self.encoder.cfg.crop_frames
+        spec = nn.functional.pad(spec[:, :, :crop], (0, 0, 0, max(0, crop - spec.shape[2])), value=self.pad_value)
+        return self.encode_tokens(spec)
+
     def scene_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
         """[n, samples] -> [n, scene_embedding_size], by `scene_pooling`."""
+        if self.scene_pooling == "window_tokens":  # every token of the window, padding included
+            return self.window_tokens(audio).mean(dim=1)
         frames, _ = self.frame_embeddings(audio)
         if self.scene_pooling == "tokens":  # every non-CLS token of the clip, frequency patches too
             return frames.reshape(frames.shape[0], -1, self.encoder.cfg.embed_dim).mean(dim=1)

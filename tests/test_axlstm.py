@@ -78,9 +78,9 @@ def test_official_release_layout_loads_strictly_as_axlstm(official_axlstm, tmp_p
     for k, v in state.items():
         assert torch.equal(model.encoder.state_dict()[k], v), k
     out = tmp_path / "axlstm.safetensors"
-    assert cli(["convert", str(path), str(out), "--token-order", "official"]) == 0
+    assert cli(["convert", str(path), str(out), "--runtime", "official"]) == 0
     again = hear_ssam.load_model(str(out))
-    assert again.token_order == "official" and again.config["family"] == "axlstm"
+    assert again.runtime == "official" and again.config["family"] == "axlstm"
     for k, v in state.items():
         assert torch.equal(again.encoder.state_dict()[k], v), k
 
@@ -88,7 +88,7 @@ def test_official_release_layout_loads_strictly_as_axlstm(official_axlstm, tmp_p
 def test_official_order_reproduces_the_official_runtime(official_axlstm):
     path, state = official_axlstm
     reference = OfficialAxLSTM(state)
-    ours = hear_ssam.load_model(str(path), token_order="official")
+    ours = hear_ssam.load_model(str(path), runtime="official")
     for seconds in (1.3, 4.4):
         audio = noise(1, seconds, seed=int(seconds * 10))
         want = official_embeddings(reference, audio)

@@ -80,13 +80,13 @@ def test_hostile_pickle_runs_no_code(tmp_path, official_file):
 
 
 def test_official_order_reproduces_the_official_runtime(official_file, mamba_cls):
-    """Embeddings with token_order='official' equal the released hear_api's, computed by
+    """Embeddings with runtime='official' equal the released hear_api's, computed by
     an independent model built from mamba_ssm's own Mamba module (reference scan), or the
     tests' restatement of it where mamba-ssm is not installed."""
     path, enc = official_file
     reference = OfficialSSAM(mamba_cls).eval()
     reference.load_state_dict(enc.state_dict(), strict=True)
-    ours = hear_ssam.load_model(str(path), token_order="official")
+    ours = hear_ssam.load_model(str(path), runtime="official")
     for seconds in (1.3, 1.99, 4.4):  # 1.99 s: T = 200 frames, a whole padding chunk
         audio = noise(2, seconds, seed=int(seconds * 10))
         want = official_embeddings(reference, audio)
@@ -113,12 +113,21 @@ def test_time_major_order_reproduces_the_official_model_per_token(official_file,
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_convert_round_trip_keeps_weights_and_token_order(tmp_path, official_file, capsys):
+def stored_config(path):
+    import json
+    from safetensors import safe_open
+    from hear_ssam.checkpoint import METADATA_KEY
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()[METADATA_KEY])
+
+
+def test_convert_round_trip_keeps_weights_and_runtime(tmp_path, official_file, capsys):
     path, enc = official_file
     out = tmp_path / "ssam_tiny.safetensors"
-    assert cli(["convert", str(path), str(out), "--token-order", "official"]) == 0
+    assert cli(["convert", str(path), str(out), "--runtime", "official"]) == 0
+    assert stored_config(out)["runtime"] == "official" and "token_order" not in stored_config(out)
     model = hear_ssam.load_model(str(out))
-    assert model.token_order == "official"
+    assert model.runtime == "official" and model.frame_layout == "released"
     assert model.config["provenance"]["converted_from"] == str(path)
     for k, v in enc.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[k], v), k
@@ -272,9 +281,65 @@ def test_loaded_models_keep_positions_frozen(official_file):
     assert model.encoder.cls_token.requires_grad and model.encoder.cls_token.device.type == "cpu"
 
 
-def test_config_reports_the_token_order_that_runs(official_file):
-    model = hear_ssam.load_model(str(official_file[0]), token_order="official")
-    assert model.token_order == "official" and model.config["token_order"] == "official"
+def test_config_reports_the_runtime_that_runs(official_file):
+    model = hear_ssam.load_model(str(official_file[0]), runtime="official")
+    assert model.runtime == "official" and model.config["runtime"] == "official"
+    assert "token_order" not in model.config
+
+
+def test_the_older_token_order_spelling_still_works(tmp_path, official_file):
+    """`token_order` (load_model, heareval's --model-options, `convert --token-order`, and the
+    config of every file written before `runtime`) means the same runtimes as before."""
+    import json
+    from hear_ssam.checkpoint import METADATA_KEY
+    path, enc = official_file
+    audio = noise(1, 2.6, seed=11)
+    new = hear_ssam.load_model(str(path), runtime="official")
+    old = hear_ssam.load_model(str(path), token_order="official")
+    assert old.runtime == "official" and old.config["runtime"] == "official"
+    for a, b in zip(hear_ssam.get_timestamp_embeddings(audio, new), hear_ssam.get_timestamp_embeddings(audio, old)):
+        assert torch.equal(a, b)
+    assert hear_ssam.load_model(str(path), token_order="time-major").runtime == "hear"
+    out = tmp_path / "alias.safetensors"
+    assert cli(["convert", str(path), str(out), "--token-order", "official"]) == 0
+    assert stored_config(out)["runtime"] == "official"
+    stored = {k: v for k, v in stored_config(out).items() if k != "runtime"}
+    for token_order, runtime in (("official", "official"), ("time-major", "hear")):  # as older files store it
+        older = tmp_path / f"older_{token_order}.safetensors"
+        save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(older),
+                  metadata={METADATA_KEY: json.dumps(dict(stored, token_order=token_order))})
+        model = hear_ssam.load_model(str(older))
+        assert model.runtime == runtime and model.config["runtime"] == runtime and "token_order" not in model.config
+    bundled = stored_config(hear_ssam.api.DEFAULT_CHECKPOINT)
+    assert bundled["token_order"] == "time-major" and "runtime" not in bundled  # an older file, unchanged
+    assert hear_ssam.load_model().config["runtime"] == "hear"
+
+
+def test_runtime_errors_are_named(tmp_path, official_file):
+    path, enc = official_file
+    with pytest.raises(ValueError, match=r"runtime='hear' and token_order='official' ask for different runtimes; "
+                                         r"give only runtime"):
+        hear_ssam.load_model(str(path), runtime="hear", token_order="official")
+    assert hear_ssam.load_model(str(path), runtime="hear", token_order="time-major").runtime == "hear"
+    with pytest.raises(ValueError, match=r"runtime must be one of \('hear', 'official'\), got 'time-major' "
+                                         r"\(the older token_order 'time-major' is runtime 'hear'\)"):
+        hear_ssam.load_model(str(path), runtime="time-major")
+    with pytest.raises(ValueError, match=r"token_order must be one of \('time-major', 'official'\), got 'hear'"):
+        hear_ssam.load_model(str(path), token_order="hear")
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        hear_ssam.save_checkpoint(tmp_path / "x.safetensors", enc, runtime="released")
+    r = subprocess.run([sys.executable, "-m", "hear_ssam", "convert", str(path), str(tmp_path / "y.safetensors"),
+                        "--runtime", "hear", "--token-order", "official"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--runtime hear and --token-order official ask for different runtimes" in r.stderr
+    import json
+    from hear_ssam.checkpoint import METADATA_KEY
+    bad = tmp_path / "bad.safetensors"
+    config = {k: v for k, v in stored_config(hear_ssam.api.DEFAULT_CHECKPOINT).items() if k != "token_order"}
+    config["runtime"] = "fast"
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(bad),
+              metadata={METADATA_KEY: json.dumps(config)})
+    with pytest.raises(hear_ssam.CheckpointError, match=r"bad.safetensors: bad config.*runtime must be one of"):
+        hear_ssam.load_model(str(bad))
 
 
 def test_frontend_config_is_written_and_read_back(tmp_path, official_file):

@@ -114,7 +114,7 @@ def test_ssast_baseline_runs_through_the_same_api():
 
 
 def test_official_order_differs_from_time_major(random_model):
-    official = hear_ssam.HearSSAM(random_model.encoder, token_order="official")
+    official = hear_ssam.HearSSAM(random_model.encoder, runtime="official")
     audio = noise(1, 2.0)
     a, ts_a = hear_ssam.get_timestamp_embeddings(audio, random_model)
     b, ts_b = hear_ssam.get_timestamp_embeddings(audio, official)
@@ -122,6 +122,15 @@ def test_official_order_differs_from_time_major(random_model):
     assert a.shape == (1, 50, 960) and b.shape == (1, 51, 960)
     assert not torch.allclose(a, b[:, :50])
     assert ts_b[0, -1] < 2000 and torch.allclose(ts_b[0].diff(), torch.full((50,), 2000 / 51))
+
+
+def test_the_released_layout_refuses_frequency_major_tokens():
+    """The released SSAM/AxLSTM reshape assumes time-major tokens; a frequency-major encoder of
+    the SSAM framework (no released runtime of its own) is refused by name."""
+    cfg = hear_ssam.EncoderConfig(embed_dim=32, depth=2, patch_order="freq-major")
+    with pytest.raises(ValueError, match="runtime='official' reproduces the released SSAM/AxLSTM runtime.*"
+                                         "frequency-major.*use runtime='hear'"):
+        hear_ssam.HearSSAM(hear_ssam.SpectrogramEncoder(cfg), runtime="official")
 
 
 def test_long_windows_keep_the_first_2s_exact_for_a_causal_encoder(random_model):
@@ -146,8 +155,8 @@ def test_long_windows_keep_the_first_2s_exact_for_a_causal_encoder(random_model)
 
 
 def test_window_errors_are_named():
-    with pytest.raises(ValueError, match="token_order='official'.*only uses 2 s windows.*window_seconds=5"):
-        hear_ssam.load_model(token_order="official", window_seconds=5)
+    with pytest.raises(ValueError, match="runtime='official'.*only uses 2 s windows.*window_seconds=5"):
+        hear_ssam.load_model(runtime="official", window_seconds=5)
     with pytest.raises(ValueError, match=r"window_seconds must be in \(0, 1200\]"):
         hear_ssam.load_model(window_seconds=0)
     with pytest.raises(ValueError, match="window_seconds must be a number"):

@@ -64,7 +64,7 @@ def test_the_bundled_default_computes_what_it_did():
     torch.testing.assert_close(emb[0, :3, :4].flatten(), torch.tensor(DEFAULT["first_frames"]), rtol=1e-5, atol=1e-6)
     scene = hear_ssam.get_scene_embeddings(audio, model).double().sum(1)
     torch.testing.assert_close(scene, torch.tensor(DEFAULT["scene_sums"], dtype=torch.float64), rtol=1e-4, atol=1e-6)
-    official = hear_ssam.load_model(token_order="official")
+    official = hear_ssam.load_model(runtime="official")
     emb, _ = hear_ssam.get_timestamp_embeddings(audio, official)
     assert emb.shape == (2, 83, 960)
     torch.testing.assert_close(emb[1, :2, :4].flatten(), torch.tensor(DEFAULT["official_order"]), rtol=1e-5, atol=1e-6)
@@ -80,7 +80,7 @@ def test_each_familys_seeded_initialisation_and_forward_are_what_they_were(prese
     assert sum(v.double().sum().item() for v in state.values()) == pytest.approx(want["param_sum"], rel=1e-9)
     assert sum(v.double().abs().sum().item() for v in state.values()) == pytest.approx(want["param_abs_sum"], rel=1e-9)
     family = family_of_preset(preset)
-    model = HearSSAM(encoder, frontend=family.frontend, scene_pooling=family.scene_pooling)
+    model = HearSSAM(encoder, frontend=family.frontend)  # runtime "hear": the family's scene pooling
     audio = _audio(2, 40000, 7)  # 2.5 s
     emb, _ = hear_ssam.get_timestamp_embeddings(audio, model)
     torch.testing.assert_close(emb.double().abs().sum(dim=(1, 2)),

@@ -119,5 +119,55 @@ def test_timestamps_and_long_clips(released_file):
     assert emb.shape == (2, ts.shape[1], 512) and torch.isfinite(emb).all()
     assert ts[0, 0] == 27.5 and torch.allclose(ts[0].diff(), torch.full((ts.shape[1] - 1,), 40.0))
     assert 23000 - 40 < ts[0, -1] <= 23000
-    with pytest.raises(ValueError, match="frequency-major"):
-        hear_ssam.load_model(str(released_file[0]), token_order="official")
+
+
+# clip lengths of the official-runtime test: shorter than the window (padded), exactly one
+# window, and 12 s (cut to its first 10.24 s)
+OFFICIAL_LENGTHS = (16000, 40000, 80000, ONE_WINDOW, 12 * 16000)
+
+
+def relative_l2(a, b):
+    """Per clip: ||a - b|| / ||b|| over [n, D] rows."""
+    return (a - b).norm(dim=1) / b.norm(dim=1)
+
+
+def test_official_runtime_scene_is_the_released_ft_avgtok(released_file):
+    """runtime="official": the scene embedding is SSAMBA's released `ft_avgtok` vector (fbank
+    padded with zero fbank or cut to 1024 frames, one forward, the mean of all 512 tokens,
+    padding included), restated independently; timestamp embeddings stay as under "hear".
+    Under "hear", 1-5 s clips pool only their real tokens: far from the released vector."""
+    path, state = released_file
+    official = hear_ssam.load_model(str(path), runtime="official")
+    hear = hear_ssam.load_model(str(path))
+    assert official.config["runtime"] == "official" and official.config["scene_pooling"] == "window_tokens"
+    assert official.scene_embedding_size == 64 and official.config["frame_layout"] == "time-steps"
+    reference = OfficialSSAMBA(state, StepBiMamba, depth=4)
+    clips = [noise(2, n / 16000, seed=i) for i, n in enumerate(OFFICIAL_LENGTHS)]
+    with torch.no_grad():  # every clip is 1024 frames once padded or cut: one batched reference pass
+        fbanks = torch.stack([reference.fbank(clip) for batch in clips for clip in batch])
+        want = reference.forward_tokens(fbanks)[:, 1:].mean(1).split(2)
+    for n_samples, audio, ft_avgtok in zip(OFFICIAL_LENGTHS, clips, want):
+        got = hear_ssam.get_scene_embeddings(audio, official)
+        torch.testing.assert_close(got, ft_avgtok, rtol=1e-4, atol=1e-5, msg=f"{n_samples} samples")
+        ours = hear_ssam.get_scene_embeddings(audio, hear)
+        if n_samples < ONE_WINDOW:  # the released vector averages the padding in
+            assert relative_l2(ours, ft_avgtok).min() > 0.1, n_samples
+        elif n_samples == ONE_WINDOW:  # no padding, no cut: the two runtimes agree
+            torch.testing.assert_close(ours, ft_avgtok, rtol=1e-4, atol=1e-5)
+    for a, b in zip(hear_ssam.get_timestamp_embeddings(clips[1], official),
+                    hear_ssam.get_timestamp_embeddings(clips[1], hear)):
+        assert torch.equal(a, b)
+
+
+def test_the_official_runtime_cuts_a_long_clip_to_its_first_window(released_file):
+    """12 s: only the first 1024 fbank frames count (of the whole clip's fbank: its mean is
+    removed over all 12 s), so the last 1.7 s change nothing once their mean is kept."""
+    official = hear_ssam.load_model(str(released_file[0]), runtime="official")
+    audio = noise(1, 12.0, seed=3)
+    tail = audio[:, ONE_WINDOW:]
+    changed = torch.cat([audio[:, :ONE_WINDOW], tail.flip(1)], dim=1)  # same samples, same mean
+    a, b = (hear_ssam.get_scene_embeddings(x, official) for x in (audio, changed))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    hear = hear_ssam.load_model(str(released_file[0]))
+    assert not torch.allclose(hear_ssam.get_scene_embeddings(audio, hear),
+                              hear_ssam.get_scene_embeddings(changed, hear), atol=1e-6)
