@@ -40,7 +40,7 @@ def identity_keys(state: dict) -> tuple[dict, dict]:
 @dataclasses.dataclass(frozen=True)
 class Family:
     name: str
-    title: str  # paper / model name, for `info` and README
+    title: str  # paper / model name, for `info` and the docs
     block: str  # key of modules.BLOCKS
     block_options: dict  # shared by every size
     sizes: dict  # size -> {"embed_dim": D, **size-specific block options}

@@ -14,7 +14,7 @@ into --out:
                     then the overall scores of overall.csv; rows ranked by s(m).
 - scores.csv        model, task, label, metric, mean, ci95 (Student-t half-width over
                     seeds), n, sd
-- overall.csv       per model: HEAR normalised score and min-max s(m) (formulas in README)
+- overall.csv       per model: HEAR normalised score and min-max s(m) (formulas in docs/evaluation.md)
 - leaderboard.png   per-task scores with 95 % intervals, one colour per model; baselines
                     grey and hatched, with a dashed line at their score across each task
 - models.csv        per model: the checkpoint it ran (relative to the repository when inside

@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
-# The main job, offline on the bundled default (at most 25 minutes on 2 CPU cores after set-up):
+# The main job, offline on the bundled default (about 20 minutes on 2 CPU cores after set-up):
 #   1. build the mini suite (5 HEAR bundles of real audio from Debian packages, one an event task)
 #   2. validate the bundled default model with hear-validator
 #   3. heareval embeddings + probes (5 seeds) for the log-mel baseline, the bundled ssam-tiny,
 #      its random initialisation and ssast-tiny pretrained with the same 256,000-crop budget
-#      (the 25-minute budget leaves out axlstm-tiny and ssamba-tiny; README gives the command
-#      that adds them, and their rows in results/mini_families/)
-#   4. leaderboard (CSV in the HEAR format, Markdown, chart) in results/mini/
+#   4. leaderboard (CSV in the HEAR format, Markdown, chart, the weights of each row) in results/mini/
 # Everything is resumable: finished tasks, embeddings and probes are skipped on rerun.
 # Reproducible: the same machine gives the same results/mini/*.csv to the last digit
-# (fixed threads and scan backend, seeded deterministic probes; see README).
+# (fixed threads and scan backend, seeded deterministic probes; docs/evaluation.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

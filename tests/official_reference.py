@@ -7,7 +7,7 @@ runtime follows the released hear_api: per-clip normalised log-mel, pad by
 int(50 * pad / 200) frames, mean for the scene embedding. Nothing here imports the code
 under test except to copy weights in.
 
-`ReferenceMamba` restates REFERENCE §2 (mamba_ssm's non-fused Mamba path) with mamba_ssm's
+`ReferenceMamba` restates mamba_ssm's non-fused Mamba path with mamba_ssm's
 parameter names and a plain per-step loop, so the parity tests also run where mamba-ssm
 is not installed (tests/conftest.py's `mamba_cls` picks mamba_ssm's own module when it is).
 """
@@ -117,7 +117,7 @@ def official_embeddings(model, audio):
 
 class OfficialAxLSTM(nn.Module):
     """The official AxLSTM encoder's forward_features, restated over a state dict with the
-    official keys (REFERENCE §5a): SSAM's patching/positions/CLS, 12 blocks x + layer(norm(x))
+    official keys: SSAM's patching/positions/CLS, 12 blocks x + layer(norm(x))
     with odd blocks run on the flipped sequence, encoder_norm, and the `(f t)` reshape."""
 
     def __init__(self, state, depth=12):
@@ -140,7 +140,7 @@ class OfficialAxLSTM(nn.Module):
 
 
 class OfficialSSAMBA(nn.Module):
-    """SSAMBA's released forward restated over its own state dict (REFERENCE §5b), keys as
+    """SSAMBA's released forward restated over its own state dict, keys as
     released (`v.*`, DataParallel prefix stripped): Kaldi fbank of the mean-removed clip, padded
     with zeros or cut to `frames`, normalised (x + 4.2677393) / (2 * 4.5689974); SSAST's patch
     embedding of [B, 1, F, T] (frequency-major tokens); CLS first; learned positions; pairs of

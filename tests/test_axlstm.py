@@ -22,7 +22,7 @@ def test_encoder_parameters_match_the_official_counts(preset, count):
 
 
 def official_axlstm_state(D=192, depth=12, seed=0):
-    """A state dict built from REFERENCE §5a's documented key list and shapes (not from our
+    """A state dict built from the official AxLSTM code's key list and shapes (not from our
     module), with random weights of sensible scale (not the init: its gates are all zero)."""
     g = torch.Generator().manual_seed(seed)
     E = 2 * D
@@ -64,7 +64,7 @@ class _StateHolder(torch.nn.Module):
 @pytest.fixture(scope="module")
 def official_axlstm(tmp_path_factory):
     state = official_axlstm_state()
-    assert len(state) == 179  # REFERENCE §5a: 179 keys at depth 12
+    assert len(state) == 179  # the official layout: 179 keys at depth 12
     path = tmp_path_factory.mktemp("axlstm") / "checkpoint-99.pth"
     write_official(path, _StateHolder(state))
     return path, state

@@ -1,7 +1,8 @@
 """SSAMBA's building blocks: the bimamba v2 mixer and block (Vim's names), and the Kaldi fbank frontend.
 
 The mixer is checked against mamba_ssm's own `mamba_inner_ref` run on both directions by hand
-(where mamba-ssm is installed) and, always, against a per-step restatement of REFERENCE §2 / §5b.
+(where mamba-ssm is installed) and, always, against a per-step restatement of mamba_ssm's
+non-fused Mamba path and SSAMBA's released bimamba v2.
 """
 import copy
 import math
@@ -103,7 +104,7 @@ def test_forward_set_is_mamba_ssm_mamba(mamba_ref):
 # (b) against a plain per-step restatement (no mamba-ssm needed) ----------------------------------
 
 class StepBiMamba(nn.Module):
-    """REFERENCE §5b's bimamba v2 from the maths, one time step at a time, Vim's parameter names."""
+    """SSAMBA's released bimamba v2 (Vim's mixer) from the maths, one time step at a time, Vim's parameter names."""
 
     def __init__(self, d_model, d_state, d_conv=4, expand=2):
         super().__init__()

@@ -204,7 +204,7 @@ def assert_mixer_matches(ours, theirs):
 
 
 def test_mamba_module_matches_the_reference_maths():
-    """Our mixer = REFERENCE §2 restated with a per-step loop in the tests (forward + grads)."""
+    """Our mixer = mamba_ssm's non-fused Mamba path restated with a per-step loop in the tests (forward + grads)."""
     torch.manual_seed(0)
     ours = Mamba(32, d_state=24, d_conv=4, expand=3)
     restated = ReferenceMamba(32, d_state=24, d_conv=4, expand=3)

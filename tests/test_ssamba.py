@@ -14,7 +14,7 @@ ONE_WINDOW = 400 + 1023 * 160  # samples whose Kaldi fbank has exactly 1024 fram
 
 
 def encoder_params(D, depth=24, N=16, K=4, expand=2):
-    """From REFERENCE §5b's shapes: patch embed, CLS, positions, layers, norm_f."""
+    """From SSAMBA's released shapes: patch embed, CLS, positions, layers, norm_f."""
     E, R = expand * D, math.ceil(D / 16)
     direction = E * (K + 1) + (R + 2 * N) * E + (R + 1) * E + N * E + E  # conv, x_proj, dt_proj, A, D
     layer = 2 * D + 2 * E * D + E * D + 2 * direction  # norm, in_proj, out_proj, both directions
@@ -30,7 +30,7 @@ def test_encoder_parameters_follow_the_documented_shapes(preset, D):
 
 
 def released_state(D=64, depth=4, N=16, seed=0):
-    """A DataParallel state dict with SSAMBA's released key list (REFERENCE §5b), random weights."""
+    """A DataParallel state dict with SSAMBA's released key list, random weights."""
     g = torch.Generator().manual_seed(seed)
     E, R = 2 * D, math.ceil(D / 16)
     r = lambda *shape, scale=0.1, offset=0.0: torch.randn(*shape, generator=g) * scale + offset  # noqa: E731
