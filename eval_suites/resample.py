@@ -16,6 +16,7 @@ leaves no half view; a view whose marker matches the bundle is reused.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -82,13 +83,19 @@ def _clips(bundle: Path, splits) -> dict | None:
 
 
 def _marker(bundle: Path, rate: int, target: int) -> dict | None:
-    """What the marker of an up-to-date view of `bundle` holds; None if the bundle cannot say."""
+    """What the marker of an up-to-date view of `bundle` holds; None if the bundle cannot say.
+    The split files' hash stands for the clip list: a bundle whose clips were renamed, added or
+    relabelled gets a new view."""
     meta = _metadata(bundle)
     clips = _clips(bundle, meta["splits"]) if meta else None
     if clips is None:
         return None
+    digest = hashlib.sha256()
+    for split in meta["splits"]:
+        digest.update((Path(bundle) / f"{split}.json").read_bytes())
     return {"source": str(Path(bundle).resolve()), "source_rate": rate, "rate": target,
-            "clips": sum(map(len, clips.values())), "sample_duration": meta.get("sample_duration")}
+            "clips": sum(map(len, clips.values())), "sample_duration": meta.get("sample_duration"),
+            "splits_sha256": digest.hexdigest()}
 
 
 def view_is_current(view: Path, bundle: Path, rate: int, target: int) -> bool:
@@ -158,6 +165,9 @@ def build_view(bundle: Path, view: Path, rate: int, target: int) -> int:
     with tqdm(total=marker["clips"], desc=f"resample {bundle.name}", unit="clip", dynamic_ncols=True) as bar:
         for split, names in _clips(bundle, meta["splits"]).items():
             for name in names:
+                if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+                    raise ValueError(f"{split}.json lists the clip {name!r}, which is not a plain file name: "
+                                     f"a HEAR bundle's clips are files of {rate}/{split}/ (fix the split file)")
                 source = bundle / str(rate) / split / name
                 audio, sr = sf.read(str(source), dtype="float32")
                 if sr != rate:

@@ -16,7 +16,7 @@ from .frontend import FrontendConfig, LogMelFrontend
 from .presets import FAMILIES, PRESETS
 from .runtime import HearSSAM
 
-__version__ = "0.2.0"
+__version__ = "1.0.0"
 __all__ = ["load_model", "get_scene_embeddings", "get_timestamp_embeddings", "HearSSAM", "LogMelBaseline",
            "SpectrogramEncoder", "SSAMEncoder", "EncoderConfig", "FrontendConfig", "FAMILIES", "PRESETS",
            "LogMelFrontend", "load_checkpoint", "save_checkpoint", "CheckpointError"]

@@ -28,8 +28,8 @@ def main(argv=None) -> int:
     c.add_argument("src")
     c.add_argument("dst")
     c.add_argument("--runtime", choices=RUNTIMES, default=None,
-                   help="the runtime load_model runs for this checkpoint: hear (default) or official, "
-                        "what the family's released code computes")
+                   help="the runtime load_model runs for this checkpoint: hear or official (what the "
+                        "family's released code computes); default: the source file's own (hear for a release)")
     c.add_argument("--token-order", choices=TOKEN_ORDERS, default=None, help=argparse.SUPPRESS)  # older spelling
     i = sub.add_parser("init", help="a randomly initialised checkpoint of a preset")
     i.add_argument("preset", choices=sorted(PRESETS) + ["logmel"], help="a preset, or logmel: the "
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "convert":
         try:
-            runtime = resolve_runtime(args.runtime, args.token_order)
+            runtime = resolve_runtime(args.runtime, args.token_order, default=None)  # None: keep the source's
         except ValueError:  # both flags given, meaning different runtimes (argparse checked the values)
             c.error(f"--runtime {args.runtime} and --token-order {args.token_order} ask for different "
                     "runtimes; give only --runtime (--token-order is its older spelling: "
@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     try:
         if args.cmd == "convert":
             encoder, config = load_checkpoint(args.src)
+            runtime = runtime or config["runtime"]
             prov = dict(config.get("provenance", {}), converted_from=args.src)
             save_checkpoint(args.dst, encoder, runtime, prov,
                             frontend=FrontendConfig.from_dict(config["frontend"]))

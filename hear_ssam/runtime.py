@@ -42,6 +42,7 @@ Scene poolings (D values unless "frames": n_f * D)
 from __future__ import annotations
 
 import math
+import operator
 from typing import Tuple
 
 import torch
@@ -60,9 +61,11 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # au
 MAX_HOP_MS = 50.0  # HEAR's recommended maximum timestamp hop
 
 
-def resolve_runtime(runtime: str | None = None, token_order: str | None = None, default: str = "hear") -> str:
+def resolve_runtime(runtime: str | None = None, token_order: str | None = None,
+                    default: str | None = "hear") -> str | None:
     """The runtime asked for by `runtime` or by its older spelling `token_order` (`default`
-    when neither is given); both may be given only if they mean the same runtime."""
+    when neither is given, which may be None: the caller's own choice comes later); both may
+    be given only if they mean the same runtime."""
     if token_order is not None:
         if token_order not in TOKEN_ORDER_RUNTIMES:
             raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {token_order!r} "
@@ -73,6 +76,8 @@ def resolve_runtime(runtime: str | None = None, token_order: str | None = None, 
                              "'time-major' = 'hear', 'official' = 'official')")
         runtime = TOKEN_ORDER_RUNTIMES[token_order]
     runtime = default if runtime is None else runtime
+    if runtime is None:
+        return None
     if runtime not in RUNTIMES:
         hint = f" (the older token_order {runtime!r} is runtime {TOKEN_ORDER_RUNTIMES[runtime]!r})" \
             if runtime in TOKEN_ORDER_RUNTIMES else ""
@@ -128,7 +133,14 @@ class HearSSAM(nn.Module):
         self.scene_pooling = scene_pooling
         # The official runtime embeds under fp16 autocast on GPU; the frontend stays fp32.
         self.precision = precision
-        self.chunk_batch_size = int(chunk_batch_size)  # windows per encoder call
+        try:
+            windows = None if isinstance(chunk_batch_size, bool) else operator.index(chunk_batch_size)
+        except TypeError:
+            windows = None
+        if windows is None or windows < 1:
+            raise ValueError(f"chunk_batch_size is the number of windows per encoder call, a whole number >= 1; "
+                             f"got {chunk_batch_size!r} (leave it out for about 32 s of audio per call)")
+        self.chunk_batch_size = windows
         self.sample_rate = int(frontend.sample_rate)
         cfg = encoder.cfg
         self.timestamp_embedding_size = int(cfg.frame_embedding_size)

@@ -52,6 +52,8 @@ class Plateau:
             self.count += 1
 
     def _better(self, value):
+        if not math.isfinite(value):  # an interval without a finite value is never an improvement
+            return False
         if self.best is None:
             return True
         if self.mode == "min":

@@ -242,6 +242,11 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
         # save: hours of training lost to a forgotten flag. Refuse before touching anything.
         raise ValueError(f"{out} already holds a run's training checkpoint ({checkpoint_step(ckpt_path)}): "
                          f"pass --resume to continue it, or give a new --out to start another run")
+    if cfg.init_from and not (resume and ckpt_path.exists()) and not Path(cfg.init_from).is_file():
+        # Checked here, before the corpus is read and its features cached (minutes), not after.
+        raise FileNotFoundError(f"init_from {cfg.init_from} does not exist: export the stage it names first "
+                                "(python -m pretrain export RUN/checkpoint.safetensors FILE) or restore it "
+                                "from git (docs/checkpoints.md, Older files)")
     out.mkdir(parents=True, exist_ok=True)
     accum = micro_steps_per_step(cfg, world)
 

@@ -150,6 +150,24 @@ def test_a_view_is_reused_while_current_and_healthy_and_made_again_otherwise(tmp
     assert not resample.view_is_current(view, task, 44100, 16000)
     assert _audio_source(task, out, embedded=False)[1] == []
     assert (view / "16000" / "test" / "test_002.wav").exists()
+    # so is one whose clips were renamed, with as many as before
+    names = json.loads((task / "test.json").read_text())
+    (task / "44100" / "test" / "test_002.wav").rename(task / "44100" / "test" / "renamed.wav")
+    names["renamed.wav"] = names.pop("test_002.wav")
+    (task / "test.json").write_text(json.dumps(names))
+    assert not resample.view_is_current(view, task, 44100, 16000)
+    assert _audio_source(task, out, embedded=False)[1] == []
+    assert (view / "16000" / "test" / "renamed.wav").exists()
+
+
+def test_a_clip_name_that_is_not_a_plain_file_name_is_refused(tmp_path):
+    task, out = _bundle_44k(tmp_path), tmp_path / "out"
+    names = json.loads((task / "test.json").read_text())
+    sf.write(task / "44100" / "sneaky.wav", np.zeros(44100, np.float32), 44100)
+    (task / "test.json").write_text(json.dumps(dict(names, **{"../sneaky.wav": ["low"]})))
+    with pytest.raises(ValueError, match=r"lists the clip '\.\./sneaky\.wav', which is not a plain file name"):
+        resample.build_view(task, out / "view", 44100, 16000)
+    assert not (out / "sneaky.wav").exists() and not (out / "view").exists()
 
 
 def test_a_build_that_dies_leaves_no_view_and_the_next_one_completes(tmp_path, monkeypatch):

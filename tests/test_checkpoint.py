@@ -133,6 +133,9 @@ def test_convert_round_trip_keeps_weights_and_runtime(tmp_path, official_file, c
         assert torch.equal(model.encoder.state_dict()[k], v), k
     assert cli(["info", str(out)]) == 0
     assert '"trainable_parameters": 4760512' in capsys.readouterr().out
+    again = tmp_path / "copy.safetensors"  # a file converted without --runtime keeps its source's
+    assert cli(["convert", str(out), str(again)]) == 0 and stored_config(again)["runtime"] == "official"
+    assert cli(["convert", str(path), str(again)]) == 0 and stored_config(again)["runtime"] == "hear"  # a release
 
 
 def test_init_writes_each_preset(tmp_path):

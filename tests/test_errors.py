@@ -51,3 +51,9 @@ def test_audio_on_another_device(random_model):
 def test_wrong_model_object():
     with pytest.raises(TypeError, match="load_model"):
         hear_ssam.get_scene_embeddings(noise(1, 1.0), torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "8", True])
+def test_chunk_batch_size_must_be_a_whole_number_of_windows(bad):
+    with pytest.raises(ValueError, match=r"chunk_batch_size is the number of windows per encoder call.*got"):
+        hear_ssam.load_model("", chunk_batch_size=bad)

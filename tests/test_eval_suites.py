@@ -120,7 +120,10 @@ def _weights_only_roundtrip(obj):
 
 @pytest.fixture
 def no_safe_globals():
-    """torch's weights-only allowlist emptied for one test, then put back as it was."""
+    """torch's weights-only allowlist emptied for one test, then put back as it was. heareval's
+    predictions module is imported first: its first import runs the installed start-up hook,
+    which would refill the allowlist in the middle of the test."""
+    import heareval.predictions.task_predictions  # noqa: F401
     before = torch.serialization.get_safe_globals()
     torch.serialization.clear_safe_globals()
     yield

@@ -1,5 +1,6 @@
 """The house's import rules: no cycles; hear_ssam imports no other folder; pretrain never
-imports eval_suites. Imports are read from the source (module level and inside functions)."""
+imports eval_suites or results; eval_suites imports only pretrain.debian and pretrain.seeds.
+Imports are read from the source (module level and inside functions)."""
 import ast
 from pathlib import Path
 
@@ -68,6 +69,9 @@ def test_the_plugin_imports_no_other_folder_and_pretrain_not_eval_suites():
             assert not others, f"{name} imports {others}"
         if top == "pretrain":
             assert "eval_suites" not in others and "results" not in others, f"{name} imports {others}"
+        if top == "eval_suites":  # only pretrain's stdlib-only modules: the Debian fetcher and the seeds
+            from_pretrain = {t for t in targets if t.split(".")[0] == "pretrain"}
+            assert from_pretrain <= {"pretrain", "pretrain.debian", "pretrain.seeds"}, f"{name} imports {from_pretrain}"
 
 
 def test_the_graph_sees_real_imports():

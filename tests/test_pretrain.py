@@ -388,6 +388,10 @@ def test_a_second_stage_starts_from_the_first_stages_weights_and_counts_both(tmp
     other = tiny_config(max_steps=1, init_from=str(first), encoder_overrides={"embed_dim": 48, "depth": 2})
     with pytest.raises(ValueError, match=r"init_from .*embed_dim \(32, the run has 48\)"):
         train(other, str(data), tmp_path / "other")
+    missing = tiny_config(max_steps=1, init_from=str(tmp_path / "stage1.safetensors"))
+    with pytest.raises(FileNotFoundError, match=r"init_from .*stage1.safetensors does not exist: export"):
+        train(missing, str(data), tmp_path / "missing", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "missing").exists()  # refused before any work
 
 
 def test_a_fresh_start_over_a_saved_run_is_refused_and_leaves_it_intact(tmp_path, capsys):

@@ -259,6 +259,16 @@ def test_plateau_is_torchs_reduce_lr_on_plateau():
             ours.step()
             assert peak * ours.scale == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), (mode, m)
         assert ours.scale == final  # (3e-8: the eps rule stops at 1.5e-8)
+    # intervals without a finite value (an fp16 overflow run) count as no improvement, first or later
+    for mode in ("min", "max"):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+        ref = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.5, patience=1)
+        ours = Plateau(1e-4, mode=mode, factor=0.5, patience=1)
+        for m in [float("nan"), float("nan"), 0.5, float("nan"), 0.5, 0.4, 0.3, float("nan"), float("nan")]:
+            ref.step(m)
+            ours.observe(m)
+            ours.step()
+            assert 1e-4 * ours.scale == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), (mode, m)
     assert lr_plateau(0, 1000, 1e-4, 1.0) == pytest.approx(1e-7)
     assert lr_plateau(999, 1000, 1e-4, 1.0) == pytest.approx(1e-4)
     assert lr_plateau(5000, 1000, 1e-4, 0.25) == pytest.approx(2.5e-5)

@@ -51,7 +51,7 @@ def test_the_project_points_to_no_file_outside_it_and_to_no_issue_number():
     bad = []
     for name in tracked:
         path = ROOT / name
-        if path.suffix in (".safetensors", ".png", ".npy", ".whl") or not path.is_file():
+        if path.suffix in (".safetensors", ".png", ".npy", ".whl") or not path.is_file() or path == Path(__file__):
             continue
         try:
             text = path.read_text()
