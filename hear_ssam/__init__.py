@@ -11,12 +11,12 @@ Layout: `frontend` (features), `ops` (numerics: the selective scan and its backe
 from .api import get_scene_embeddings, get_timestamp_embeddings, load_model
 from .baseline import LogMelBaseline
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .encoder import EncoderConfig, SpectrogramEncoder, SSAMEncoder
+from .encoder import EncoderConfig, PretrainingOptions, SpectrogramEncoder, SSAMEncoder
 from .frontend import FrontendConfig, LogMelFrontend
-from .presets import FAMILIES, PRESETS
+from .presets import FAMILIES, PRESETS, preset_encoder
 from .runtime import HearSSAM
 
 __version__ = "1.0.0"
 __all__ = ["load_model", "get_scene_embeddings", "get_timestamp_embeddings", "HearSSAM", "LogMelBaseline",
-           "SpectrogramEncoder", "SSAMEncoder", "EncoderConfig", "FrontendConfig", "FAMILIES", "PRESETS",
-           "LogMelFrontend", "load_checkpoint", "save_checkpoint", "CheckpointError"]
+           "SpectrogramEncoder", "SSAMEncoder", "EncoderConfig", "PretrainingOptions", "FrontendConfig", "FAMILIES",
+           "PRESETS", "preset_encoder", "LogMelFrontend", "load_checkpoint", "save_checkpoint", "CheckpointError"]

@@ -14,9 +14,8 @@ import sys
 import torch
 
 from .checkpoint import CheckpointError, baseline_config, load_checkpoint, save_baseline, save_checkpoint
-from .encoder import SpectrogramEncoder
 from .frontend import FrontendConfig
-from .presets import PRESETS, family_of_preset
+from .presets import PRESETS, family_of_preset, preset_encoder
 from .runtime import RUNTIMES, TOKEN_ORDERS, resolve_runtime
 
 
@@ -36,7 +35,8 @@ def main(argv=None) -> int:
                    "log-mel baseline as a weightless file (what heareval's --model needs)")
     i.add_argument("dst")
     i.add_argument("--seed", type=int, default=0)
-    n = sub.add_parser("info", help="print a checkpoint's config and parameter count")
+    n = sub.add_parser("info", help="print a checkpoint's config (architecture, pretraining options, frontend, "
+                       "runtime, provenance) and parameter count")
     n.add_argument("path")
     args = p.parse_args(argv)
     if args.cmd == "convert":
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         elif args.cmd == "init":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(args.seed)
-                encoder = SpectrogramEncoder(PRESETS[args.preset])
+                encoder = preset_encoder(args.preset)
             save_checkpoint(args.dst, encoder, provenance={
                 "weights": f"random init, seed {args.seed}", "preset": args.preset},
                 frontend=family_of_preset(args.preset).frontend)

@@ -9,9 +9,8 @@ import torch
 
 from .baseline import BASELINES, LogMelBaseline
 from .checkpoint import baseline_config, load_checkpoint, make_config
-from .encoder import SpectrogramEncoder
 from .frontend import FrontendConfig
-from .presets import PRESETS
+from .presets import preset_encoder
 from .runtime import HearSSAM, resolve_runtime
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "ssam_tiny.safetensors"
@@ -56,8 +55,9 @@ def load_model(model_file_path: str = "", runtime: str | None = None,
                       "random features, not a pretrained model.", stacklevel=2)
         with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
             torch.manual_seed(RANDOM_INIT_SEED)
-            encoder = SpectrogramEncoder(PRESETS["ssam-tiny"]).eval()
-        config = make_config(encoder.cfg, provenance={"weights": f"random init, seed {RANDOM_INIT_SEED}"})
+            encoder = preset_encoder("ssam-tiny").eval()
+        config = make_config(encoder.cfg, encoder.pretraining,
+                             provenance={"weights": f"random init, seed {RANDOM_INIT_SEED}"})
     runtime = resolve_runtime(runtime, token_order, default=config["runtime"])
     frontend = FrontendConfig.from_dict(config["frontend"])
     window_frames = encoder.cfg.crop_frames if window_seconds is None else \

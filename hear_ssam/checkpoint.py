@@ -4,8 +4,12 @@ Our format: one `.safetensors` file; its header metadata holds the JSON config u
 key "hear_ssam", so one path is the whole model:
 
     {"format": "hear_ssam/2", "preset": "ssam-tiny" | null, "family": "ssam" | null,
-     "encoder": EncoderConfig fields, "frontend": FrontendConfig fields,
-     "runtime": "hear" | "official", "provenance": {...}}
+     "encoder": EncoderConfig fields, "pretraining": PretrainingOptions fields,
+     "frontend": FrontendConfig fields, "runtime": "hear" | "official", "provenance": {...}}
+
+Files written before the "pretraining" section existed (the bundled asset among them) store
+its fields as flat keys of "encoder"; `split_pretraining` moves them to their section, and a
+field a file does not store loads with its default (what the code that wrote it did).
 
 Files written before `runtime` existed (the bundled asset among them) store its older
 spelling, "token_order": "time-major" | "official"; `parse_config` reads either as "runtime".
@@ -23,6 +27,7 @@ the config's provenance, never silently dropped.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -35,7 +40,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .encoder import EncoderConfig, SpectrogramEncoder
+from .encoder import EncoderConfig, PretrainingOptions, SpectrogramEncoder
 from .frontend import FrontendConfig
 from .presets import FAMILIES, family_of_config, preset_name
 from .runtime import resolve_runtime
@@ -52,24 +57,24 @@ class CheckpointError(ValueError):
 
 # ---------------------------------------------------------------- our format
 
-def make_config(cfg: EncoderConfig, frontend: FrontendConfig | None = None, runtime: str = "hear",
-                provenance=None) -> dict:
-    """The format-2 config of an encoder; `runtime` ("hear" | "official") is the one
-    `load_model` runs for the file unless told otherwise."""
+def make_config(cfg: EncoderConfig, pretraining: PretrainingOptions, frontend: FrontendConfig | None = None,
+                runtime: str = "hear", provenance=None) -> dict:
+    """The format-2 config of an encoder (its architecture and its pretraining options);
+    `runtime` ("hear" | "official") is the one `load_model` runs for the file unless told otherwise."""
     frontend = frontend or FrontendConfig()
     if frontend.n_mels != cfg.n_mels:
         raise ValueError(f"frontend gives {frontend.n_mels} bins but the encoder expects {cfg.n_mels}")
     family = family_of_config(cfg)
-    return {"format": FORMAT, "preset": preset_name(cfg), "family": family.name if family else None,
-            "encoder": cfg.to_dict(), "frontend": frontend.to_dict(), "runtime": resolve_runtime(runtime),
-            "provenance": provenance or {}}
+    return {"format": FORMAT, "preset": preset_name(cfg, pretraining), "family": family.name if family else None,
+            "encoder": cfg.to_dict(), "pretraining": pretraining.to_dict(), "frontend": frontend.to_dict(),
+            "runtime": resolve_runtime(runtime), "provenance": provenance or {}}
 
 
 def save_checkpoint(path, encoder: SpectrogramEncoder, runtime: str = "hear", provenance=None,
                     frontend: FrontendConfig | None = None) -> dict:
     """Write weights + config atomically (a crash never leaves a half-written file)."""
     path = Path(path)
-    config = make_config(encoder.cfg, frontend, runtime, provenance)
+    config = make_config(encoder.cfg, encoder.pretraining, frontend, runtime, provenance)
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     write_safetensors(path, tensors, {METADATA_KEY: json.dumps(config)})
     return config
@@ -104,6 +109,28 @@ def upgrade_v1(config: dict) -> dict:
                 frontend=FrontendConfig(n_mels=enc.get("n_mels", 80)).to_dict())
 
 
+PRETRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(PretrainingOptions))
+
+
+def split_pretraining(config: dict) -> dict:
+    """A config (plugin file or training checkpoint) with the pretraining options in their own
+    "pretraining" section: files written before the section existed hold them as flat keys of
+    "encoder", which are moved there. A file with neither gets SSAM's defaults when read."""
+    encoder = dict(config["encoder"])
+    flat = {k: encoder.pop(k) for k in PRETRAINING_FIELDS if k in encoder}
+    if flat and "pretraining" in config:
+        raise ValueError(f"pretraining options {sorted(flat)} stored both in 'encoder' and in 'pretraining'; "
+                         "keep them in 'pretraining' only")
+    pretraining = config.get("pretraining", flat)
+    out = {}
+    for k, v in config.items():  # the section right after "encoder", as `make_config` writes it
+        if k != "pretraining":
+            out[k] = encoder if k == "encoder" else v
+        if k == "encoder":
+            out["pretraining"] = pretraining
+    return out
+
+
 def read_safetensors(path: Path):
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -122,15 +149,19 @@ def read_safetensors(path: Path):
     return tensors, json.loads(meta[METADATA_KEY])
 
 
-def parse_config(config: dict, path) -> tuple[EncoderConfig, FrontendConfig, dict]:
-    """(encoder config, frontend config, format-2 config dict) of a stored config; the dict
-    says "runtime" whichever spelling the file stores (older files: "token_order")."""
+def parse_config(config: dict, path) -> tuple[EncoderConfig, PretrainingOptions, FrontendConfig, dict]:
+    """(encoder config, pretraining options, frontend config, format-2 config dict) of a stored
+    config; the dict has the options in "pretraining" and says "runtime" whichever layout and
+    spelling the file stores (older files: the options flat in "encoder", "token_order")."""
     try:
         if config.get("format") == FORMAT_V1:
             config = upgrade_v1(config)
         if config.get("format") != FORMAT:
             raise CheckpointError(f"{path}: unknown checkpoint format {config.get('format')!r}")
+        config = split_pretraining(config)
         cfg = EncoderConfig(**config["encoder"])
+        pretraining = PretrainingOptions(**config["pretraining"])
+        pretraining.check_block(cfg.block)
         frontend = FrontendConfig.from_dict(config["frontend"])
         runtime = resolve_runtime(config.get("runtime"), config.get("token_order"))
     except CheckpointError:
@@ -140,7 +171,7 @@ def parse_config(config: dict, path) -> tuple[EncoderConfig, FrontendConfig, dic
     if frontend.n_mels != cfg.n_mels:
         raise CheckpointError(f"{path}: frontend gives {frontend.n_mels} bins, encoder expects {cfg.n_mels}")
     config = {k: v for k, v in config.items() if k != "token_order"}  # read as its newer spelling
-    return cfg, frontend, dict(config, runtime=runtime)
+    return cfg, pretraining, frontend, dict(config, pretraining=pretraining.to_dict(), runtime=runtime)
 
 
 # ---------------------------------------------------------------- official .pth
@@ -205,8 +236,9 @@ def read_official(path: Path) -> dict:
     return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in state.items()}
 
 
-def official_config(state: dict, path) -> tuple[dict, EncoderConfig, FrontendConfig, dict]:
-    """(our state dict, encoder config, frontend, set-aside keys) of an official state dict."""
+def official_config(state: dict, path) -> tuple[dict, EncoderConfig, PretrainingOptions, FrontendConfig, dict]:
+    """(our state dict, encoder config, pretraining options, frontend, set-aside keys) of an
+    official state dict; the options are the family's (its released heads are in the state)."""
     family = next((f for f in FAMILIES.values() if f.detect(state)), None)
     if family is None:
         raise CheckpointError(f"{path}: not a state dict of a known family ({', '.join(FAMILIES)}): "
@@ -217,19 +249,20 @@ def official_config(state: dict, path) -> tuple[dict, EncoderConfig, FrontendCon
     except (KeyError, ValueError, IndexError) as e:
         raise CheckpointError(f"{path}: looks like {family.name} but cannot read its shapes "
                               f"({type(e).__name__}: {e})") from None
-    return ours, cfg, family.frontend, set_aside
+    return ours, cfg, family.pretraining_options(), family.frontend, set_aside
 
 
 # ---------------------------------------------------------------- loading
 
-def build_encoder(cfg: EncoderConfig, state: dict, path) -> SpectrogramEncoder:
-    """An encoder with `state` loaded strictly; mismatches are reported by key.
+def build_encoder(cfg: EncoderConfig, pretraining: PretrainingOptions, state: dict, path) -> SpectrogramEncoder:
+    """An encoder (with its pretraining heads) with `state` loaded strictly; mismatches are
+    reported by key.
 
     Built on the meta device (no initialisation is computed, and the caller's global RNG
     is never touched), then the loaded tensors are assigned in.
     """
     with torch.device("meta"):
-        encoder = SpectrogramEncoder(cfg)
+        encoder = SpectrogramEncoder(cfg, pretraining)
     own = encoder.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -272,7 +305,8 @@ def baseline_config(path) -> dict | None:
 
 
 def load_checkpoint(path) -> tuple[SpectrogramEncoder, dict]:
-    """(encoder, format-2 config) from one of our .safetensors files or an official .pth."""
+    """(encoder, format-2 config) from one of our .safetensors files or an official .pth; the
+    encoder holds its pretraining options (`encoder.pretraining`), the config both sections."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
@@ -285,14 +319,14 @@ def load_checkpoint(path) -> tuple[SpectrogramEncoder, dict]:
             raise CheckpointError(f"{path}: is a feature baseline (no encoder); load it with "
                                   "hear_ssam.load_model(path)")
         state, stored = read_safetensors(path)
-        cfg, _, config = parse_config(stored, path)
-        return build_encoder(cfg, state, path), config
+        cfg, pretraining, _, config = parse_config(stored, path)
+        return build_encoder(cfg, pretraining, state, path), config
     if path.suffix in (".pth", ".pt", ".ckpt") or head.startswith(b"PK"):
-        state, cfg, frontend, set_aside = official_config(read_official(path), path)
+        state, cfg, pretraining, frontend, set_aside = official_config(read_official(path), path)
         provenance = {"converted_from": str(path)}
         if set_aside:
             provenance["set_aside_keys"] = sorted(set_aside)
-        config = make_config(cfg, frontend, "hear", provenance)
-        return build_encoder(cfg, state, path), config
+        config = make_config(cfg, pretraining, frontend, "hear", provenance)
+        return build_encoder(cfg, pretraining, state, path), config
     raise CheckpointError(f"{path}: unknown checkpoint type '{path.suffix}'; expected a "
                           "hear_ssam .safetensors file or an official .pth release")

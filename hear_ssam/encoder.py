@@ -5,13 +5,17 @@
                       -> `pred` head -> reconstructed patches [B, N, pt * pf]   (pretraining only)
                       -> `cpred` head -> patch scores [B, N, pt * pf]    (SSAST's InfoNCE, if configured)
 
+Two configs: `EncoderConfig` is the architecture that runs (all a HEAR embedding depends on);
+`PretrainingOptions` is what only pretraining reads (the heads' activation, whether `cpred`
+exists, how a masked patch enters, the pixel order of the targets, stochastic depth).
+
 Masking: SSAM replaces masked patches by the mask token after adding positions (so mask
 tokens carry no position); SSAST / SSAMBA replace them before (`mask_token_position`).
 
 A family is data (`presets.py`): which block (`modules.BLOCKS`), its options, the traversal,
-the sizes. Patching, positions, CLS/mask tokens and the head are shared here, and the
-parameter names match the official checkpoints (`cls_token`, `pos_embed`, `blocks.i.*`,
-`encoder_norm`, `pred`).
+the sizes, its pretraining options. Patching, positions, CLS/mask tokens and the head are
+shared here, and the parameter names match the official checkpoints (`cls_token`,
+`pos_embed`, `blocks.i.*`, `encoder_norm`, `pred`).
 
 Stochastic depth (`drop_path_rate`, add-norm blocks, training mode only): Vim's per-sample
 drop of a block's incoming hidden where it joins the residual, at block i's rate
@@ -42,7 +46,8 @@ def supports_drop_path(block_cls) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    """Architecture of one encoder. Defaults: ssam-tiny."""
+    """Architecture of one encoder: everything its forward, and so a HEAR embedding, depends
+    on. Defaults: ssam-tiny. How it is pretrained is `PretrainingOptions`."""
     block: str = "mamba"  # key of modules.BLOCKS
     block_options: dict = dataclasses.field(default_factory=lambda: {"d_state": 24, "d_conv": 4, "expand": 3})
     traversal: str = "forward"  # key of TRAVERSALS
@@ -56,16 +61,6 @@ class EncoderConfig:
     patch_order: str = "time-major"  # token index t * n_f + f (SSAM), or "freq-major" f * n_t + t (SSAST)
     positions: str = "sincos"  # fixed 2-D sin-cos table (MAE), or "learned" (trunc-normal 0.02)
     final_norms: int = 1  # encoder_norm applications at the end (the released SSAMBA applies it twice)
-    head_activation: str = "gelu"  # of the heads `pred` / `cpred` (SSAST's heads use ReLU)
-    # SSAST / SSAMBA pretraining (defaults: SSAM's, unchanged):
-    mask_token_position: bool = False  # mask tokens get their patch's position (SSAST) or none (SSAM)
-    contrastive_head: bool = False  # add `cpred` (SSAST's cpredlayer, D -> D -> pt * pf) for InfoNCE
-    # a patch's pt x pf values in patchify's targets and the heads' outputs: "time-major"
-    # (t * pf + f, SSAM) or "freq-major" (f * pt + t, SSAST's Unfold of the [F, T] spectrogram)
-    patch_pixel_order: str = "time-major"
-    # Stochastic depth in training (Vim / SSAMBA: 0.1; SSAM, SSAST, AxLSTM: 0). Eval mode ignores
-    # it. Configs stored before this field load with 0: what the code that trained them did.
-    drop_path_rate: float = 0.0
 
     def __post_init__(self):
         if self.block not in BLOCKS:
@@ -76,18 +71,11 @@ class EncoderConfig:
             raise ValueError(f"traversal 'flipped_pairs' needs an even depth, got {self.depth}")
         if self.crop_frames % self.patch_time or self.n_mels % self.patch_freq:
             raise ValueError("crop_frames and n_mels must be multiples of the patch size")
-        for name, allowed in (("patch_order", PATCH_ORDERS), ("positions", ("sincos", "learned")),
-                              ("head_activation", tuple(HEAD_ACTIVATIONS)), ("patch_pixel_order", PATCH_ORDERS)):
+        for name, allowed in (("patch_order", PATCH_ORDERS), ("positions", ("sincos", "learned"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.final_norms < 1:
             raise ValueError(f"final_norms must be >= 1, got {self.final_norms}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if self.drop_path_rate and not supports_drop_path(BLOCKS[self.block]):
-            raise ValueError(f"drop_path_rate > 0 is implemented for the add-norm blocks "
-                             f"{sorted(k for k, b in BLOCKS.items() if supports_drop_path(b))}, "
-                             f"not for {self.block!r}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -106,6 +94,40 @@ class EncoderConfig:
     def frame_embedding_size(self) -> int:
         """One output frame = the freq patches of one time step, concatenated."""
         return self.grid[1] * self.embed_dim
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainingOptions:
+    """What only pretraining reads: the heads, how a masked patch enters the encoder, the
+    layout of the reconstruction targets, stochastic depth. Defaults: SSAM's (a preset's
+    own: `presets.Family.pretraining`). An embedding never depends on them: the heads are
+    not run, no patch is masked, and eval mode ignores stochastic depth."""
+    head_activation: str = "gelu"  # of the heads `pred` / `cpred` (SSAST's heads use ReLU)
+    mask_token_position: bool = False  # mask tokens get their patch's position (SSAST) or none (SSAM)
+    contrastive_head: bool = False  # add `cpred` (SSAST's cpredlayer, D -> D -> pt * pf) for InfoNCE
+    # a patch's pt x pf values in patchify's targets and the heads' outputs: "time-major"
+    # (t * pf + f, SSAM) or "freq-major" (f * pt + t, SSAST's Unfold of the [F, T] spectrogram)
+    patch_pixel_order: str = "time-major"
+    # Stochastic depth in training (Vim / SSAMBA: 0.1; SSAM, SSAST, AxLSTM: 0). Eval mode ignores
+    # it. Configs stored before this field load with 0: what the code that trained them did.
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self):
+        for name, allowed in (("head_activation", tuple(HEAD_ACTIVATIONS)), ("patch_pixel_order", PATCH_ORDERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    def check_block(self, block: str) -> None:
+        """Refuse options the encoder's block cannot honour (`block`: a key of modules.BLOCKS)."""
+        if self.drop_path_rate and not supports_drop_path(BLOCKS[block]):
+            raise ValueError(f"drop_path_rate > 0 is implemented for the add-norm blocks "
+                             f"{sorted(k for k, b in BLOCKS.items() if supports_drop_path(b))}, "
+                             f"not for {block!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -184,11 +206,29 @@ TRAVERSALS = {"forward": traverse_forward, "alternate": traverse_alternate,
 
 
 class SpectrogramEncoder(nn.Module):
-    """Patch embedding + CLS + positions -> blocks -> encoder_norm (+ `pred`, and `cpred` if configured)."""
+    """Patch embedding + CLS + positions -> blocks -> encoder_norm (+ `pred`, and `cpred` if configured).
 
-    def __init__(self, cfg: EncoderConfig):
+    `cfg`: the architecture; `pretraining`: how it is pretrained (None: SSAM's defaults). A
+    preset's encoder with its family's options: `presets.preset_encoder(name)`.
+
+    Why the pretraining heads live in this module, not beside it: the released checkpoints of
+    every family hold `pred` (SSAMBA's also `cpred`) beside the mask token in the encoder's
+    state dict, which loads strictly; and the seeded initialisation draws the heads between
+    the blocks and the CLS / mask tokens, so building them elsewhere would change every
+    seeded initialisation. So the options choose the heads, built here, in this order.
+    """
+
+    def __init__(self, cfg: EncoderConfig, pretraining: Optional[PretrainingOptions] = None):
         super().__init__()
+        if not isinstance(cfg, EncoderConfig):
+            raise TypeError(f"cfg must be an EncoderConfig, got {type(cfg).__name__}")
+        pretraining = PretrainingOptions() if pretraining is None else pretraining
+        if not isinstance(pretraining, PretrainingOptions):
+            raise TypeError(f"pretraining must be PretrainingOptions or None (SSAM's), "
+                            f"got {type(pretraining).__name__}")
+        pretraining.check_block(cfg.block)
         self.cfg = cfg
+        self.pretraining = pretraining
         D = cfg.embed_dim
         block_cls = BLOCKS[cfg.block]
         self.patch_embed = PatchEmbed(cfg)
@@ -207,17 +247,17 @@ class SpectrogramEncoder(nn.Module):
             # add, at the full rate (`self.drop_path`). With flipped pairs, both blocks of a pair
             # receive the previous pair's summed output and drop it independently, at their own
             # rates (block 2i at dpr[2i - 1], block 2i + 1 at dpr[2i]), as in Vim / SSAMBA.
-            dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()  # not on "meta"
+            dpr = torch.linspace(0, pretraining.drop_path_rate, cfg.depth, device="cpu").tolist()  # not on "meta"
             inter_dpr = [0.0] + dpr
             self.blocks = nn.ModuleList(block_cls(D, drop_path=inter_dpr[i], **options) for i in range(cfg.depth))
         else:
             self.blocks = nn.ModuleList(block_cls(D, **options) for _ in range(cfg.depth))
-        self.drop_path = DropPath(cfg.drop_path_rate)  # the last mixer's output, at the final add
+        self.drop_path = DropPath(pretraining.drop_path_rate)  # the last mixer's output, at the final add
         self.encoder_norm = nn.LayerNorm(D, eps=cfg.norm_eps)
-        self.pred = nn.Sequential(nn.Linear(D, D), HEAD_ACTIVATIONS[cfg.head_activation](),
+        self.pred = nn.Sequential(nn.Linear(D, D), HEAD_ACTIVATIONS[pretraining.head_activation](),
                                   nn.Linear(D, cfg.patch_dim))
-        if cfg.contrastive_head:  # SSAST's cpredlayer: scores a masked token against the input patches
-            self.cpred = nn.Sequential(nn.Linear(D, D), HEAD_ACTIVATIONS[cfg.head_activation](),
+        if pretraining.contrastive_head:  # SSAST's cpredlayer: scores a masked token against the input patches
+            self.cpred = nn.Sequential(nn.Linear(D, D), HEAD_ACTIVATIONS[pretraining.head_activation](),
                                        nn.Linear(D, cfg.patch_dim))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -265,7 +305,7 @@ class SpectrogramEncoder(nn.Module):
     def _patch_axes(self):
         """Permutation of [B, n_t, pt, n_f, pf] to the patch order, then the pixel order."""
         tokens = (3, 1) if self.cfg.patch_order == "freq-major" else (1, 3)
-        pixels = (4, 2) if self.cfg.patch_pixel_order == "freq-major" else (2, 4)
+        pixels = (4, 2) if self.pretraining.patch_pixel_order == "freq-major" else (2, 4)
         return (0, *tokens, *pixels)
 
     def patchify(self, spec):
@@ -301,11 +341,11 @@ class SpectrogramEncoder(nn.Module):
         position) is prepended."""
         x = self.patch_embed(spec)
         pos = self.pos_embed[:, 1:1 + x.shape[1]]
-        if not self.cfg.mask_token_position:
+        if not self.pretraining.mask_token_position:
             x = x + pos
         if mask is not None:
             x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
-        if self.cfg.mask_token_position:
+        if self.pretraining.mask_token_position:
             x = x + pos
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         return torch.cat([cls.to(x.dtype), x], dim=1)

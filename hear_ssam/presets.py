@@ -7,6 +7,8 @@ ours (timm's `checkpoint_filter_fn` pattern; returns (our keys, set-aside keys))
 `block_options_from_state` reads the block's hyper-parameters off tensor shapes.
 
     PRESETS["ssam-tiny"]      -> EncoderConfig     (every family x size)
+    preset_encoder("ssam-tiny") -> SpectrogramEncoder with its family's PretrainingOptions
+    FAMILIES["ssam"].pretraining_options() -> PretrainingOptions
     FAMILIES["ssam"].frontend -> FrontendConfig
     FAMILIES["ssam"].runtimes -> what `load_model(runtime=...)` runs for it (hear_ssam.runtime)
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from .encoder import EncoderConfig
+from .encoder import EncoderConfig, PretrainingOptions, SpectrogramEncoder
 from .frontend import SSAMBA_FBANK, FrontendConfig
 
 
@@ -47,6 +49,8 @@ class Family:
     traversal: str = "forward"
     frontend: FrontendConfig = FrontendConfig()
     encoder: dict = dataclasses.field(default_factory=dict)  # other EncoderConfig fields
+    # PretrainingOptions fields of its recipe (the released checkpoints hold its heads)
+    pretraining: dict = dataclasses.field(default_factory=dict)
     detect: Callable[[dict], bool] = lambda state: False
     from_official: Callable[[dict], tuple] = identity_keys
     block_options_from_state: Callable[[dict, int], dict] = lambda state, dim: {}
@@ -72,6 +76,10 @@ class Family:
                       crop_frames=pt * (n_tokens // n_f))
         return EncoderConfig(block=self.block, block_options=options, traversal=self.traversal,
                              embed_dim=dim, n_mels=self.frontend.n_mels, **fields)
+
+    def pretraining_options(self) -> PretrainingOptions:
+        """How this family is pretrained: its heads, mask tokens, targets and stochastic depth."""
+        return PretrainingOptions(**self.pretraining)
 
 
 def _mamba_options(state, dim):
@@ -154,9 +162,9 @@ FAMILIES = {f.name: f for f in (
            block_options={"norm_eps": 1e-5, "d_state": 16, "d_conv": 4, "expand": 2},
            sizes=_SIZES, traversal="flipped_pairs", frontend=SSAMBA_FBANK, runtimes=SSAMBA_RUNTIMES,
            encoder={"depth": 24, "crop_frames": 1024, "patch_time": 16, "patch_freq": 16, "norm_eps": 1e-5,
-                    "patch_order": "freq-major", "positions": "learned", "final_norms": 2,
-                    "head_activation": "relu", "mask_token_position": True, "contrastive_head": True,
-                    "patch_pixel_order": "freq-major", "drop_path_rate": 0.1},
+                    "patch_order": "freq-major", "positions": "learned", "final_norms": 2},
+           pretraining={"head_activation": "relu", "mask_token_position": True, "contrastive_head": True,
+                        "patch_pixel_order": "freq-major", "drop_path_rate": 0.1},
            detect=lambda state: "v.layers.0.mixer.A_b_log" in state,
            from_official=ssamba_keys, block_options_from_state=_mamba_options),
 )}
@@ -169,9 +177,19 @@ def family_of_preset(preset: str) -> Family:
     return FAMILIES[preset.split("-", 1)[0]]
 
 
-def preset_name(cfg: EncoderConfig) -> str | None:
-    """The preset an EncoderConfig equals, if any."""
-    return next((name for name, p in PRESETS.items() if p == cfg), None)
+def preset_encoder(preset: str) -> SpectrogramEncoder:
+    """A freshly initialised encoder of a preset (drawn from the global RNG) with its family's
+    pretraining options. Build a preset's module this way: `SpectrogramEncoder(PRESETS[name])`
+    alone gets SSAM's options, i.e. other heads (and another seeded initialisation) for SSAMBA."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return SpectrogramEncoder(PRESETS[preset], family_of_preset(preset).pretraining_options())
+
+
+def preset_name(cfg: EncoderConfig, pretraining: PretrainingOptions) -> str | None:
+    """The preset an encoder is, if any: its architecture and its family's pretraining options."""
+    return next((name for name, p in PRESETS.items()
+                 if p == cfg and family_of_preset(name).pretraining_options() == pretraining), None)
 
 
 def family_of_config(cfg: EncoderConfig) -> Family | None:

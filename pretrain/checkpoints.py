@@ -2,7 +2,10 @@
 
     OUT/checkpoint.safetensors   tensors "model.*" and "optim.<param id>.<name>",
                                  metadata "train" = JSON {format, step, config, encoder,
-                                 frontend, param_groups, scaler, data, ...}
+                                 pretraining, frontend, param_groups, scaler, data, ...}
+
+Checkpoints written before "pretraining" existed hold its fields as flat keys of "encoder";
+`load_training_checkpoint` moves them to their section (hear_ssam.checkpoint.split_pretraining).
 
 Written to a `.tmp` and renamed, so a kill mid-write leaves the previous checkpoint intact.
 No pickle anywhere. `python -m pretrain export` turns one into a plugin checkpoint.
@@ -16,8 +19,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from hear_ssam.checkpoint import (TRAIN_METADATA_KEY, CheckpointError, parse_config, read_safetensors, upgrade_v1,
-                                  write_safetensors)
+from hear_ssam.checkpoint import (TRAIN_METADATA_KEY, CheckpointError, parse_config, read_safetensors,
+                                  split_pretraining, upgrade_v1, write_safetensors)
 
 TRAIN_FORMAT = "hear_ssam-train/2"
 TRAIN_FORMAT_V1 = "hear_ssam-train/1"  # encoder config in format-1 layout, no frontend
@@ -31,7 +34,8 @@ def save_training_checkpoint(path: Path, encoder, frontend, optimizer, scaler, s
         for name, t in state.items():
             tensors[f"optim.{pid}.{name}"] = torch.as_tensor(t).detach().cpu().contiguous()
     meta = {"format": TRAIN_FORMAT, "step": step, "config": cfg.to_dict(),
-            "encoder": encoder.cfg.to_dict(), "frontend": frontend.to_dict(),
+            "encoder": encoder.cfg.to_dict(), "pretraining": encoder.pretraining.to_dict(),
+            "frontend": frontend.to_dict(),
             "param_groups": opt["param_groups"], "scaler": scaler.state_dict(), **extra}
     write_safetensors(path, tensors, {TRAIN_METADATA_KEY: json.dumps(meta)})  # atomic
 
@@ -58,6 +62,10 @@ def load_training_checkpoint(path: Path):
         meta.update(format=TRAIN_FORMAT, encoder=upgraded["encoder"], frontend=upgraded["frontend"])
     if meta.get("format") != TRAIN_FORMAT:
         raise ValueError(f"{path}: unknown training checkpoint format {meta.get('format')!r}")
+    try:
+        meta = split_pretraining(meta)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: bad encoder metadata ({type(e).__name__}: {e})") from None
     model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     state = {}
     for k, v in tensors.items():
@@ -67,23 +75,25 @@ def load_training_checkpoint(path: Path):
     return meta, model, {"state": state, "param_groups": meta["param_groups"]}
 
 
-def read_init_weights(path, encoder_cfg, frontend) -> tuple[dict, dict]:
+def read_init_weights(path, encoder_cfg, pretraining, frontend) -> tuple[dict, dict]:
     """(state dict, record) of the plugin checkpoint a second-stage run starts from.
 
-    The file must hold the run's own encoder and frontend (a run cannot silently start from
-    another model); the record (its sha256 and what its provenance says it saw) goes into the
-    new run's provenance, so an export's crop count covers both stages."""
+    The file must hold the run's own encoder, pretraining options and frontend (a run cannot
+    silently start from another model, nor train another recipe's heads); the record (its
+    sha256 and what its provenance says it saw) goes into the new run's provenance, so an
+    export's crop count covers both stages."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"init_from {path}: expected a hear_ssam .safetensors checkpoint "
                               "(export a training run with `python -m pretrain export` first)")
     state, stored = read_safetensors(path)
-    cfg, file_frontend, config = parse_config(stored, path)
-    mine, theirs = encoder_cfg.to_dict(), cfg.to_dict()
-    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-    if differ:
-        raise CheckpointError(f"init_from {path}: its encoder differs from this run's in "
-                              + ", ".join(f"{k} ({theirs.get(k)!r}, the run has {mine.get(k)!r})" for k in differ))
+    cfg, file_pretraining, file_frontend, config = parse_config(stored, path)
+    for what, mine, theirs in (("encoder differs", encoder_cfg.to_dict(), cfg.to_dict()),
+                               ("pretraining options differ", pretraining.to_dict(), file_pretraining.to_dict())):
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            raise CheckpointError(f"init_from {path}: its {what} from this run's in " + ", ".join(
+                f"{k} ({theirs.get(k)!r}, the run has {mine.get(k)!r})" for k in differ))
     if file_frontend.to_dict() != frontend.to_dict():
         raise CheckpointError(f"init_from {path}: its frontend {file_frontend.to_dict()} differs from "
                               f"this run's {frontend.to_dict()}")

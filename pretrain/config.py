@@ -6,7 +6,7 @@ from typing import Optional
 
 import yaml
 
-from hear_ssam.encoder import EncoderConfig
+from hear_ssam.encoder import EncoderConfig, PretrainingOptions
 from hear_ssam.frontend import FrontendConfig
 from hear_ssam.presets import PRESETS, family_of_preset
 
@@ -17,7 +17,8 @@ from .objectives import MASKINGS, objective_error, objective_metrics
 @dataclasses.dataclass
 class TrainConfig:
     preset: str = "ssam-tiny"  # hear_ssam.PRESETS key
-    # EncoderConfig fields to replace (e.g. tiny test models); "block_options" merges into the preset's
+    # EncoderConfig or PretrainingOptions fields to replace (e.g. a tiny test model {embed_dim: 32,
+    # depth: 2}, SSAST's {mask_token_position: true}); "block_options" merges into the preset's
     encoder_overrides: dict = dataclasses.field(default_factory=dict)
     # optimisation (SSAM paper / SSAST recipe)
     global_batch: int = 1024  # clips per optimiser step, over all processes
@@ -94,14 +95,35 @@ class TrainConfig:
                              f"not {self.objective!r}")
 
     def encoder_config(self) -> EncoderConfig:
-        """The preset's EncoderConfig with `encoder_overrides` applied."""
-        over = dict(self.encoder_overrides)
+        """The preset's EncoderConfig with the architecture's `encoder_overrides` applied."""
+        over = self._overrides(EncoderConfig)
         base = PRESETS[self.preset]
         options = {**base.block_options, **over.pop("block_options", {})}
         try:
             return dataclasses.replace(base, block_options=options, **over)
         except TypeError as e:
             raise ValueError(f"encoder_overrides: {e}") from None
+
+    def pretraining_options(self) -> PretrainingOptions:
+        """The preset's family's PretrainingOptions with the options' `encoder_overrides` applied."""
+        try:
+            return dataclasses.replace(family_of_preset(self.preset).pretraining_options(),
+                                       **self._overrides(PretrainingOptions))
+        except TypeError as e:
+            raise ValueError(f"encoder_overrides: {e}") from None
+
+    def _overrides(self, config_cls) -> dict:
+        """The keys of `encoder_overrides` that are fields of `config_cls` (one of the two the
+        overrides are routed to); a key of neither is refused by name."""
+        if not isinstance(self.encoder_overrides, dict):
+            raise ValueError(f"encoder_overrides must be a mapping of field: value, e.g. {{depth: 2}}, "
+                             f"got {self.encoder_overrides!r}")
+        fields = {cls: [f.name for f in dataclasses.fields(cls)] for cls in (EncoderConfig, PretrainingOptions)}
+        unknown = sorted(k for k in self.encoder_overrides if not any(k in names for names in fields.values()))
+        if unknown:
+            raise ValueError(f"encoder_overrides: unknown keys {unknown}; EncoderConfig fields: "
+                             f"{fields[EncoderConfig]}, PretrainingOptions fields: {fields[PretrainingOptions]}")
+        return {k: v for k, v in self.encoder_overrides.items() if k in fields[config_cls]}
 
     @property
     def frontend(self) -> FrontendConfig:

@@ -8,7 +8,7 @@ import datetime
 from pathlib import Path
 
 import hear_ssam
-from hear_ssam import EncoderConfig, FrontendConfig, SpectrogramEncoder, save_checkpoint
+from hear_ssam import EncoderConfig, FrontendConfig, PretrainingOptions, SpectrogramEncoder, save_checkpoint
 
 from .checkpoints import load_training_checkpoint
 from .config import TrainConfig
@@ -16,7 +16,7 @@ from .config import TrainConfig
 
 def export(train_ckpt, dst, half=False) -> dict:
     meta, model_state, _ = load_training_checkpoint(Path(train_ckpt))
-    encoder = SpectrogramEncoder(EncoderConfig(**meta["encoder"]))
+    encoder = SpectrogramEncoder(EncoderConfig(**meta["encoder"]), PretrainingOptions(**meta["pretraining"]))
     encoder.load_state_dict(model_state, strict=True)
     cfg = meta["config"]
     objective = cfg.get("objective") or {"all": "mse_all", "masked": "mse_masked"}[cfg["loss"]]  # train/1 runs

@@ -190,7 +190,8 @@ class MaskedSpectrogramModel(nn.Module):
         missing = [h for h in getattr(self.objective, "heads", ("pred",)) if not hasattr(encoder, h)]
         if missing:
             raise ValueError(f"objective {objective!r} needs the encoder head(s) {missing}: "
-                             "EncoderConfig(contrastive_head=True) adds `cpred`")
+                             "PretrainingOptions(contrastive_head=True) adds `cpred` (in a pretraining "
+                             "config: encoder_overrides: {contrastive_head: true})")
         self.metrics = {}  # the last forward's metrics (joint objectives), detached
 
     def forward(self, spec, mask):

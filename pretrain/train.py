@@ -161,7 +161,7 @@ def resume_or_start(out: Path, resume: bool, cfg: TrainConfig, encoder, optimize
         log.info("--resume: no checkpoint in %s yet, starting from scratch", out)
     init_record = None
     if cfg.init_from:
-        init_state, init_record = read_init_weights(cfg.init_from, encoder.cfg, cfg.frontend)
+        init_state, init_record = read_init_weights(cfg.init_from, encoder.cfg, encoder.pretraining, cfg.frontend)
         encoder.load_state_dict(init_state, strict=True)
         if main_proc:
             log.info("starting from the weights of %s (%s crops seen, sha256 %s...)", cfg.init_from,
@@ -251,7 +251,7 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
     accum = micro_steps_per_step(cfg, world)
 
     torch.manual_seed(cfg.seed)
-    encoder = SpectrogramEncoder(cfg.encoder_config())
+    encoder = SpectrogramEncoder(cfg.encoder_config(), cfg.pretraining_options())
     core = MaskedSpectrogramModel(encoder, cfg.objective)  # refuses an objective whose heads are missing
     # On the device before the optimizer exists: a resumed optimizer state is placed on its
     # parameters' device (moved later, the state stayed on the CPU and a GPU resume failed)
@@ -295,7 +295,7 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
                 epoch, spec = next(stream)
                 spec = spec.to(device, non_blocking=True)
                 mask = seeded_masks(cfg, encoder, spec.shape[0], step, rank, micro, device)
-                if encoder.cfg.drop_path_rate:  # stochastic depth drawn from the run's seeds: resume stays exact
+                if encoder.pretraining.drop_path_rate:  # drawn from the run's seeds: resume stays exact
                     encoder.set_drop_path_generator(
                         torch.Generator().manual_seed(derive_seed("drop_path", cfg.seed, step, rank, micro)))
                 sync = contextlib.nullcontext() if (not ddp or micro == accum - 1) else model.no_sync()

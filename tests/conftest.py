@@ -34,7 +34,7 @@ def random_model():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
-        enc = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS["ssam-tiny"]).eval()
+        enc = hear_ssam.preset_encoder("ssam-tiny").eval()
     return hear_ssam.HearSSAM(enc)
 
 

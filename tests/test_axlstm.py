@@ -15,7 +15,7 @@ from test_checkpoint import write_official
                                           ("axlstm-base", 43_321_440)])
 def test_encoder_parameters_match_the_official_counts(preset, count):
     """Patch embedding + CLS + blocks + encoder_norm, as the paper counts them."""
-    enc = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS[preset])
+    enc = hear_ssam.preset_encoder(preset)
     parts = ("patch_embed.", "cls_token", "blocks.", "encoder_norm.")
     assert sum(p.numel() for k, p in enc.named_parameters() if k.startswith(parts)) == count
     assert not enc.is_causal  # odd blocks run right to left

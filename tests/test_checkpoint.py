@@ -49,7 +49,7 @@ def write_official(path, encoder, extra=None):
 @pytest.fixture(scope="module")
 def official_file(tmp_path_factory):
     torch.manual_seed(1)
-    enc = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS["ssam-tiny"])
+    enc = hear_ssam.preset_encoder("ssam-tiny")
     path = tmp_path_factory.mktemp("official") / "checkpoint-99.pth"
     write_official(path, enc)
     return path, enc
@@ -248,13 +248,15 @@ def test_a_format1_file_loads_to_the_model_its_weights_make(tmp_path):
     import json
     from hear_ssam.checkpoint import METADATA_KEY
     torch.manual_seed(3)
-    encoder = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS["ssam-tiny"]).half()  # stored as fp16, as then
+    encoder = hear_ssam.preset_encoder("ssam-tiny").half()  # stored as fp16, as then
     path = tmp_path / "release0.1.safetensors"
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path),
               metadata={METADATA_KEY: json.dumps(FORMAT_1_CONFIG)})
     model = hear_ssam.load_model(str(path))
     assert model.config["format"] == "hear_ssam/2" and model.config["family"] == "ssam"
     assert model.config["preset"] == "ssam-tiny" and model.encoder.cfg == hear_ssam.PRESETS["ssam-tiny"]
+    assert model.encoder.pretraining == hear_ssam.PretrainingOptions()  # format 1 had SSAM's heads only
+    assert model.config["pretraining"] == hear_ssam.PretrainingOptions().to_dict()
     assert model.frontend.cfg == hear_ssam.FrontendConfig()  # format 1 always meant SSAM's log-mel
     assert model.config["provenance"]["clips_seen"] == 6400
     direct = hear_ssam.HearSSAM(encoder.float().eval())
@@ -366,3 +368,60 @@ def test_a_training_checkpoint_points_to_the_export_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hear_ssam", "convert", str(p), str(tmp_path / "o.safetensors")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "python -m pretrain export" in r.stderr
+
+
+def test_pretraining_options_have_their_own_section_and_flat_files_load_as_before(tmp_path, capsys):
+    """New files store the options in "pretraining" beside "encoder"; files written before (the
+    bundled asset, results/checkpoints) hold them as flat keys of "encoder": both load into the
+    same module with the same options, weights and heads."""
+    import dataclasses
+    import json
+    from safetensors import safe_open
+    from hear_ssam.checkpoint import METADATA_KEY
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(hear_ssam.PRESETS["ssamba-tiny"], embed_dim=32, depth=2)
+    options = hear_ssam.FAMILIES["ssamba"].pretraining_options()
+    enc = hear_ssam.SpectrogramEncoder(cfg, options).eval()
+    new = tmp_path / "new.safetensors"
+    hear_ssam.save_checkpoint(new, enc, frontend=hear_ssam.FAMILIES["ssamba"].frontend)
+    stored = stored_config(new)
+    assert list(stored)[:5] == ["format", "preset", "family", "encoder", "pretraining"]
+    assert stored["encoder"] == cfg.to_dict() and stored["pretraining"] == options.to_dict()
+    flat = {k: v for k, v in stored.items() if k != "pretraining"}
+    flat["encoder"] = {**stored["encoder"], **stored["pretraining"]}  # the layout written so far
+    with safe_open(str(new), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata={METADATA_KEY: json.dumps(flat)})
+    spec = torch.randn(2, 1, 1024, 128)
+    mask = torch.rand(2, 512) < 0.5
+    with torch.no_grad():
+        want = enc.cpred(enc.encode_masked(spec, mask))
+    for path in (new, old):
+        model = hear_ssam.load_model(str(path))
+        assert model.encoder.cfg == cfg and model.encoder.pretraining == options, path.name
+        assert model.config["encoder"] == cfg.to_dict() and model.config["pretraining"] == options.to_dict()
+        assert model.config["family"] == "ssamba" and model.config["preset"] is None  # a tiny variant
+        state = model.encoder.state_dict()
+        assert state.keys() == enc.state_dict().keys() and "cpred.0.weight" in state
+        with torch.no_grad():  # mask tokens with positions, then the ReLU contrastive head
+            assert torch.equal(model.encoder.cpred(model.encoder.encode_masked(spec, mask)), want)
+    assert cli(["info", str(old)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["encoder"] == cfg.to_dict() and shown["pretraining"] == options.to_dict()
+    assert list(shown)[3:5] == ["encoder", "pretraining"]
+    both = tmp_path / "both.safetensors"
+    save_file(tensors, str(both), metadata={METADATA_KEY: json.dumps(dict(stored, encoder=flat["encoder"]))})
+    with pytest.raises(hear_ssam.CheckpointError, match=r"both in 'encoder' and in 'pretraining'; keep them in "
+                                                        r"'pretraining' only"):
+        hear_ssam.load_model(str(both))
+
+
+def test_the_bundled_flat_layout_file_loads_with_ssams_options():
+    from hear_ssam.api import DEFAULT_CHECKPOINT
+    raw = stored_config(DEFAULT_CHECKPOINT)
+    assert "pretraining" not in raw and "head_activation" in raw["encoder"]  # written before the section
+    model = hear_ssam.load_model()
+    assert model.encoder.cfg == hear_ssam.PRESETS["ssam-tiny"] and model.config["preset"] == "ssam-tiny"
+    assert model.encoder.pretraining == hear_ssam.PretrainingOptions()
+    assert "head_activation" not in model.config["encoder"]

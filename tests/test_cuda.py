@@ -36,7 +36,7 @@ def encoder(preset, seed=0):
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS[preset])
+        return hear_ssam.preset_encoder(preset)
 
 
 def test_cuda_dispatch_picks_a_gpu_scan():
@@ -48,7 +48,7 @@ def test_encoder_forward_and_gradients_match_the_cpu(preset):
     """Masked pretraining forward + backward: tokens and every parameter's gradient."""
     cpu = encoder(preset).train()
     gpu = encoder(preset).train().cuda()
-    if cpu.cfg.drop_path_rate:  # the same stochastic-depth draws on both devices
+    if cpu.pretraining.drop_path_rate:  # the same stochastic-depth draws on both devices
         cpu.set_drop_path_generator(torch.Generator().manual_seed(1))
         gpu.set_drop_path_generator(torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(2)

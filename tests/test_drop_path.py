@@ -10,8 +10,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import hear_ssam
-from hear_ssam import PRESETS, EncoderConfig, SpectrogramEncoder
+from hear_ssam import PRESETS, EncoderConfig, PretrainingOptions, SpectrogramEncoder, preset_encoder
 from hear_ssam.checkpoint import METADATA_KEY, parse_config
+from hear_ssam.presets import family_of_preset
 from hear_ssam.modules import BLOCKS, BiMamba, DropPath, drop_path
 from official_reference import OfficialSSAMBA
 from test_ssamba import released_state
@@ -47,34 +48,35 @@ def test_drop_path_drops_whole_samples_and_rescales_the_rest():
 
 
 def test_config_field_defaults_and_checks():
-    for name, cfg in PRESETS.items():
-        assert cfg.drop_path_rate == (0.1 if name.startswith("ssamba") else 0.0), name
+    for name in PRESETS:
+        rate = family_of_preset(name).pretraining_options().drop_path_rate
+        assert rate == (0.1 if name.startswith("ssamba") else 0.0), name
     with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\)"):
-        EncoderConfig(drop_path_rate=1.0)
+        PretrainingOptions(drop_path_rate=1.0)
     with pytest.raises(ValueError, match="not for 'vit'"):
-        dataclasses.replace(PRESETS["ssast-tiny"], drop_path_rate=0.1)
+        SpectrogramEncoder(PRESETS["ssast-tiny"], PretrainingOptions(drop_path_rate=0.1))
     with pytest.raises(ValueError, match="not for 'mlstm'"):
-        dataclasses.replace(PRESETS["axlstm-tiny"], drop_path_rate=0.1)
+        SpectrogramEncoder(PRESETS["axlstm-tiny"], PretrainingOptions(drop_path_rate=0.1))
     assert {k for k, b in BLOCKS.items() if b.supports_drop_path} == {"mamba", "bimamba"}
 
 
 @pytest.mark.parametrize("preset", ["ssamba-tiny", "ssam-tiny"])
 def test_per_layer_rates_follow_vims_schedule(preset):
-    enc = SpectrogramEncoder(PRESETS[preset])
-    cfg = enc.cfg
-    dpr = vim_rates(cfg.drop_path_rate, cfg.depth)
+    enc = preset_encoder(preset)
+    cfg, rate = enc.cfg, enc.pretraining.drop_path_rate
+    dpr = vim_rates(rate, cfg.depth)
     # Block i drops the output of mixer i - 1 (Vim's inter_dpr = [0] + dpr), the encoder the last
     # mixer's: mixer j's output is dropped at dpr[j].
     assert [b.drop_path.p for b in enc.blocks] == [0.0] + dpr[:-1]
-    assert enc.drop_path.p == cfg.drop_path_rate
+    assert enc.drop_path.p == rate
     assert [b.drop_path.p for b in enc.blocks[1:]] + [enc.drop_path.p] == pytest.approx(dpr, abs=1e-7)
     if preset == "ssamba-tiny":
         assert cfg.depth == 24 and enc.drop_path.p == 0.1 and enc.blocks[23].drop_path.p == pytest.approx(0.1 * 22 / 23)
 
 
 def test_drop_path_adds_no_parameters_and_no_state():
-    a = SpectrogramEncoder(PRESETS["ssamba-tiny"])
-    b = SpectrogramEncoder(dataclasses.replace(PRESETS["ssamba-tiny"], drop_path_rate=0.0))
+    a = preset_encoder("ssamba-tiny")
+    b = SpectrogramEncoder(PRESETS["ssamba-tiny"], dataclasses.replace(a.pretraining, drop_path_rate=0.0))
     assert a.state_dict().keys() == b.state_dict().keys()
     assert a.num_trainable_parameters() == b.num_trainable_parameters()
 
@@ -82,8 +84,8 @@ def test_drop_path_adds_no_parameters_and_no_state():
 def small_pair(rate, depth=4, seed=0):
     """Two encoders with the same weights, drop_path_rate `rate` and 0."""
     torch.manual_seed(seed)
-    a = SpectrogramEncoder(EncoderConfig(depth=depth, drop_path_rate=rate, **SMALL))
-    b = SpectrogramEncoder(EncoderConfig(depth=depth, drop_path_rate=0.0, **SMALL))
+    a = SpectrogramEncoder(EncoderConfig(depth=depth, **SMALL), PretrainingOptions(drop_path_rate=rate))
+    b = SpectrogramEncoder(EncoderConfig(depth=depth, **SMALL), PretrainingOptions(drop_path_rate=0.0))
     b.load_state_dict(a.state_dict())
     return a, b
 
@@ -92,8 +94,8 @@ def small_pair(rate, depth=4, seed=0):
 def test_eval_mode_is_bit_for_bit_the_model_without_drop_path(block, traversal):
     torch.manual_seed(0)
     cfg = dict(SMALL, block=block, traversal=traversal, block_options={"d_state": 4})
-    a = SpectrogramEncoder(EncoderConfig(depth=4, drop_path_rate=0.1, **cfg)).eval()
-    b = SpectrogramEncoder(EncoderConfig(depth=4, drop_path_rate=0.0, **cfg)).eval()
+    a = SpectrogramEncoder(EncoderConfig(depth=4, **cfg), PretrainingOptions(drop_path_rate=0.1)).eval()
+    b = SpectrogramEncoder(EncoderConfig(depth=4, **cfg), PretrainingOptions(drop_path_rate=0.0)).eval()
     b.load_state_dict(a.state_dict())
     spec = torch.randn(5, 1, 8, 80)
     with torch.no_grad():
@@ -110,7 +112,7 @@ def test_hear_embeddings_do_not_depend_on_the_rate(tmp_path):
     for enc, name in ((a, "a"), (b, "b")):
         hear_ssam.save_checkpoint(tmp_path / f"{name}.safetensors", enc)
     ma, mb = (hear_ssam.load_model(str(tmp_path / f"{n}.safetensors")) for n in "ab")
-    assert ma.encoder.cfg.drop_path_rate == 0.1 and not ma.encoder.training
+    assert ma.encoder.pretraining.drop_path_rate == 0.1 and not ma.encoder.training
     with torch.no_grad():
         assert torch.equal(ma.encoder(spec), mb.encoder(spec))
 
@@ -149,9 +151,8 @@ def test_training_drops_each_mixer_output_per_sample_at_its_rate(traversal, bloc
     was dropped (stream - residual == 0) is p within 4 binomial sd, every other sample gets the
     contribution times 1 / (1 - p), and the last mixer's is dropped at drop_path_rate."""
     torch.manual_seed(1)
-    cfg = EncoderConfig(depth=6, drop_path_rate=rate, **dict(SMALL, block=block, traversal=traversal,
-                                                            block_options={"d_state": 4}))
-    enc = SpectrogramEncoder(cfg).train()
+    cfg = EncoderConfig(depth=6, **dict(SMALL, block=block, traversal=traversal, block_options={"d_state": 4}))
+    enc = SpectrogramEncoder(cfg, PretrainingOptions(drop_path_rate=rate)).train()
     enc.set_drop_path_generator(torch.Generator().manual_seed(0))
     n = 3000
     seen = parts_of_each_add(enc, torch.randn(n, 1, 8, 80, generator=torch.Generator().manual_seed(2)))
@@ -180,8 +181,8 @@ def test_training_forward_equals_ssambas_with_vims_drop_path_placement(tmp_path)
     path = tmp_path / "ssamba.pth"
     torch.save({"module." + k: v for k, v in state.items()}, path)
     loaded = hear_ssam.load_model(str(path)).encoder
-    assert loaded.cfg.drop_path_rate == 0.1  # an official release gets the family's training rate
-    enc = SpectrogramEncoder(dataclasses.replace(loaded.cfg, drop_path_rate=0.5))
+    assert loaded.pretraining.drop_path_rate == 0.1  # an official release gets the family's training rate
+    enc = SpectrogramEncoder(loaded.cfg, dataclasses.replace(loaded.pretraining, drop_path_rate=0.5))
     enc.load_state_dict(loaded.state_dict())
     reference = OfficialSSAMBA(state, BiMamba, depth=4)
     fbank = torch.randn(6, 1024, 128, generator=torch.Generator().manual_seed(3))
@@ -200,27 +201,34 @@ def test_a_config_stored_without_the_field_loads_with_0(tmp_path):
     """Checkpoints written before drop_path_rate existed were trained without drop path: their
     config loads with 0 (plugin files and the encoder dicts of training checkpoints alike)."""
     torch.manual_seed(0)
-    cfg = EncoderConfig(depth=2, drop_path_rate=0.1, **SMALL)
-    enc = SpectrogramEncoder(cfg)
+    cfg = EncoderConfig(depth=2, **SMALL)
+    options = PretrainingOptions(drop_path_rate=0.1)
+    enc = SpectrogramEncoder(cfg, options)
     new = tmp_path / "new.safetensors"
     hear_ssam.save_checkpoint(new, enc)
     with safe_open(str(new), framework="pt") as f:
         meta = json.loads(f.metadata()[METADATA_KEY])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    assert meta["encoder"]["drop_path_rate"] == 0.1
-    del meta["encoder"]["drop_path_rate"]
+    assert meta["pretraining"]["drop_path_rate"] == 0.1
+    del meta["pretraining"]["drop_path_rate"]
     old = tmp_path / "old.safetensors"
     save_file(tensors, str(old), metadata={METADATA_KEY: json.dumps(meta)})
     model = hear_ssam.load_model(str(old))
-    assert model.encoder.cfg == dataclasses.replace(cfg, drop_path_rate=0.0)
+    assert model.encoder.cfg == cfg and model.encoder.pretraining == PretrainingOptions(drop_path_rate=0.0)
     spec = torch.randn(2, 1, 8, 80)
     with torch.no_grad():
         assert torch.equal(model.encoder(spec), hear_ssam.load_model(str(new)).encoder(spec))
-    older = {k: v for k, v in PRESETS["ssamba-tiny"].to_dict().items() if k != "drop_path_rate"}
-    assert EncoderConfig(**older) == dataclasses.replace(PRESETS["ssamba-tiny"], drop_path_rate=0.0)
-    assert EncoderConfig(**PRESETS["ssamba-tiny"].to_dict()) == PRESETS["ssamba-tiny"]
-    parsed, _, _ = parse_config(dict(meta), old)
+    ssamba = family_of_preset("ssamba-tiny").pretraining_options()
+    older = {k: v for k, v in ssamba.to_dict().items() if k != "drop_path_rate"}
+    assert PretrainingOptions(**older) == dataclasses.replace(ssamba, drop_path_rate=0.0)
+    assert PretrainingOptions(**ssamba.to_dict()) == ssamba
+    _, parsed, _, _ = parse_config(dict(meta), old)
     assert parsed.drop_path_rate == 0.0
+    # the layout of files written before the options had their own section: flat in "encoder"
+    flat = {k: v for k, v in meta.items() if k != "pretraining"}
+    flat["encoder"] = {**meta["encoder"], **meta["pretraining"]}
+    _, parsed, _, _ = parse_config(flat, old)
+    assert parsed == PretrainingOptions(drop_path_rate=0.0)
 
 
 def test_seeded_draws_repeat_and_leave_the_global_rng_alone():
@@ -229,8 +237,9 @@ def test_seeded_draws_repeat_and_leave_the_global_rng_alone():
     global RNG is untouched (a resumed run is exact: test_ssamba_pretrain)."""
     from pretrain.objectives import MaskedSpectrogramModel, cluster_mask
     torch.manual_seed(0)
-    cfg = dataclasses.replace(PRESETS["ssamba-tiny"], embed_dim=16, depth=2, drop_path_rate=0.5)
-    model = MaskedSpectrogramModel(SpectrogramEncoder(cfg), "ssast_joint")
+    cfg = dataclasses.replace(PRESETS["ssamba-tiny"], embed_dim=16, depth=2)
+    options = dataclasses.replace(family_of_preset("ssamba-tiny").pretraining_options(), drop_path_rate=0.5)
+    model = MaskedSpectrogramModel(SpectrogramEncoder(cfg, options), "ssast_joint")
     spec = torch.randn(2, 1, 1024, 128, generator=torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(2)
     masks = torch.stack([cluster_mask(2, 512, 300 / 512, g, "cpu", grid=(64, 8, "freq-major")) for _ in range(2)])

@@ -1,23 +1,24 @@
+import dataclasses
 import math
-from dataclasses import replace
 
 import pytest
 import torch
 
-from hear_ssam import FAMILIES, PRESETS, EncoderConfig, SpectrogramEncoder, SSAMEncoder
+from hear_ssam import (FAMILIES, PRESETS, EncoderConfig, PretrainingOptions, SpectrogramEncoder, SSAMEncoder,
+                       preset_encoder)
 from hear_ssam.encoder import TRAVERSALS, sincos_pos_embed_2d
 from hear_ssam.modules import BLOCKS
 
 
 @pytest.mark.parametrize("preset,millions", [("ssam-tiny", 4.76), ("ssam-small", 17.89), ("ssam-base", 69.25)])
 def test_trainable_parameters_match_the_paper(preset, millions):
-    enc = SpectrogramEncoder(PRESETS[preset])
+    enc = preset_encoder(preset)
     assert round(enc.num_trainable_parameters() / 1e6, 2) == millions
 
 
 def test_state_dict_has_the_official_layout():
     D, E, R = 192, 576, 12
-    sd = SpectrogramEncoder(PRESETS["ssam-tiny"]).state_dict()
+    sd = preset_encoder("ssam-tiny").state_dict()
     want = {"cls_token": (1, 1, D), "pos_embed": (1, 251, D), "mask_token": (1, 1, D),
             "patch_embed.proj.weight": (D, 1, 4, 16), "patch_embed.proj.bias": (D,),
             "encoder_norm.weight": (D,), "pred.0.weight": (D, D), "pred.2.weight": (64, D)}
@@ -42,13 +43,13 @@ def test_pos_embed_is_fixed_sincos_with_zero_cls_row():
     row = pe[0, 1 + t * 5 + f]
     assert torch.allclose(row[:48], torch.sin(f / 10000 ** (torch.arange(48) / 48.0)), atol=1e-6)
     assert torch.allclose(row[96:144], torch.sin(t / 10000 ** (torch.arange(48) / 48.0)), atol=1e-6)
-    enc = SpectrogramEncoder(PRESETS["ssam-tiny"])
+    enc = preset_encoder("ssam-tiny")
     assert not enc.pos_embed.requires_grad
 
 
 def test_init_rescales_out_proj_and_zeroes_biases():
     torch.manual_seed(0)
-    enc = SpectrogramEncoder(PRESETS["ssam-tiny"])
+    enc = preset_encoder("ssam-tiny")
     bound = 1 / math.sqrt(576) / math.sqrt(12)  # kaiming-uniform(a=sqrt 5) bound / sqrt(depth)
     w = enc.blocks[0].mixer.out_proj.weight
     assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
@@ -77,9 +78,8 @@ def test_patchify_matches_the_patch_embedding_order(order):
 
 def test_learned_positions_double_final_norm_and_relu_head():
     torch.manual_seed(0)
-    cfg = EncoderConfig(embed_dim=32, depth=2, positions="learned", final_norms=2, head_activation="relu",
-                        patch_order="freq-major")
-    enc = SpectrogramEncoder(cfg).eval()
+    cfg = EncoderConfig(embed_dim=32, depth=2, positions="learned", final_norms=2, patch_order="freq-major")
+    enc = SpectrogramEncoder(cfg, PretrainingOptions(head_activation="relu")).eval()
     assert enc.pos_embed.requires_grad and 0.01 < enc.pos_embed.std() < 0.03
     assert isinstance(enc.pred[1], torch.nn.ReLU) and not enc.is_causal  # freq-major: not time order
     x = enc.embed(torch.randn(1, 1, 200, 80))
@@ -125,22 +125,22 @@ def test_a_vit_predicts_one_patch_for_every_position_free_mask_token():
     spec = torch.randn(2, 1, 200, 80)
     mask = torch.rand(2, 250) < 0.5
 
-    def spread(cfg):
+    def spread(encoder):
         with torch.no_grad():
-            pred = SpectrogramEncoder(cfg).eval().reconstruct(spec, mask)
+            pred = encoder.eval().reconstruct(spec, mask)
         masked = [pred[b][mask[b]] for b in range(2)]
         return max((m - m[0]).abs().max().item() for m in masked), pred
 
-    vit_spread, vit_pred = spread(PRESETS["ssast-tiny"])
+    vit_spread, vit_pred = spread(preset_encoder("ssast-tiny"))
     assert vit_spread < 1e-5
     assert not torch.allclose(vit_pred[0][mask[0]][0], vit_pred[1][mask[1]][0])  # one per crop
-    assert spread(PRESETS["ssam-tiny"])[0] > 1e-3
-    assert spread(replace(PRESETS["ssast-tiny"], mask_token_position=True))[0] > 1e-3
+    assert spread(preset_encoder("ssam-tiny"))[0] > 1e-3
+    assert spread(SpectrogramEncoder(PRESETS["ssast-tiny"], PretrainingOptions(mask_token_position=True)))[0] > 1e-3
 
 
 def test_causal_prefix_equals_padded_crop():
     torch.manual_seed(0)
-    enc = SpectrogramEncoder(PRESETS["ssam-tiny"]).eval()
+    enc = preset_encoder("ssam-tiny").eval()
     spec = torch.randn(2, 1, 200, 80)
     spec[:, :, 84:] = 0
     with torch.no_grad():
@@ -178,6 +178,54 @@ def test_presets_are_derived_from_the_families():
     assert PRESETS["ssast-small"].block_options == {"num_heads": 6, "mlp_ratio": 4.0}
     for block in BLOCKS.values():
         assert isinstance(block.causal, bool) and callable(block.init_encoder)
+
+
+SSAMBA_OPTIONS = PretrainingOptions(head_activation="relu", mask_token_position=True, contrastive_head=True,
+                                    patch_pixel_order="freq-major", drop_path_rate=0.1)
+
+
+def test_the_config_is_the_architecture_and_the_options_are_how_it_pretrains():
+    """EncoderConfig holds what an embedding depends on, PretrainingOptions what only
+    pretraining reads; a preset's encoder gets its family's options (SSAMBA: SSAST's heads)."""
+    arch = {f.name for f in dataclasses.fields(EncoderConfig)}
+    options = {f.name for f in dataclasses.fields(PretrainingOptions)}
+    assert options == {"head_activation", "mask_token_position", "contrastive_head", "patch_pixel_order",
+                       "drop_path_rate"}
+    assert not arch & options
+    with pytest.raises(TypeError, match="contrastive_head"):
+        EncoderConfig(contrastive_head=True)
+    for name, family in FAMILIES.items():
+        assert family.pretraining_options() == (SSAMBA_OPTIONS if name == "ssamba" else PretrainingOptions())
+    ssamba = preset_encoder("ssamba-tiny")
+    assert ssamba.cfg == PRESETS["ssamba-tiny"] and ssamba.pretraining == SSAMBA_OPTIONS
+    assert isinstance(ssamba.pred[1], torch.nn.ReLU) and isinstance(ssamba.cpred[1], torch.nn.ReLU)
+    plain = SpectrogramEncoder(PRESETS["ssamba-tiny"])  # without options: SSAM's heads
+    assert plain.pretraining == PretrainingOptions() and not hasattr(plain, "cpred")
+    assert isinstance(plain.pred[1], torch.nn.GELU)
+
+
+def test_embeddings_do_not_depend_on_the_pretraining_options():
+    torch.manual_seed(0)
+    cfg = EncoderConfig(embed_dim=32, depth=2)
+    a = SpectrogramEncoder(cfg, SSAMBA_OPTIONS).eval()
+    b = SpectrogramEncoder(cfg).eval()
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if not k.startswith("cpred.")})
+    spec = torch.randn(2, 1, 200, 80)
+    with torch.no_grad():
+        assert torch.equal(a(spec), b(spec))
+
+
+def test_bad_pretraining_options_are_named():
+    with pytest.raises(ValueError, match=r"head_activation must be one of \('gelu', 'relu'\), got 'tanh'"):
+        PretrainingOptions(head_activation="tanh")
+    with pytest.raises(ValueError, match="patch_pixel_order must be one of"):
+        PretrainingOptions(patch_pixel_order="diagonal")
+    with pytest.raises(ValueError, match="unknown preset 'ssam-huge'; choose from"):
+        preset_encoder("ssam-huge")
+    with pytest.raises(TypeError, match="pretraining must be PretrainingOptions or None"):
+        SpectrogramEncoder(PRESETS["ssam-tiny"], {"contrastive_head": True})
+    with pytest.raises(TypeError, match="cfg must be an EncoderConfig, got dict"):
+        SpectrogramEncoder(PRESETS["ssam-tiny"].to_dict())
 
 
 class Shift(torch.nn.Module):

@@ -32,7 +32,7 @@ def test_bundled_default_checkpoint():
     for key in ("steps", "global_batch", "final_loss", "data_hours", "command"):
         assert prov.get(key) not in (None, ""), key
     torch.manual_seed(0)
-    random = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS["ssam-tiny"])
+    random = hear_ssam.preset_encoder("ssam-tiny")
     w = model.encoder.blocks[0].mixer.in_proj.weight
     assert not torch.allclose(w, random.blocks[0].mixer.in_proj.weight)
 
@@ -107,7 +107,7 @@ def test_one_two_minute_clip(random_model):
 
 def test_ssast_baseline_runs_through_the_same_api():
     torch.manual_seed(0)
-    enc = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS["ssast-tiny"]).eval()
+    enc = hear_ssam.preset_encoder("ssast-tiny").eval()
     model = hear_ssam.HearSSAM(enc)
     emb, ts = hear_ssam.get_timestamp_embeddings(noise(2, 3.1), model)
     assert emb.shape == (2, model.n_frames(int(3.1 * 16000)), 960)
@@ -161,7 +161,7 @@ def test_window_errors_are_named():
         hear_ssam.load_model(window_seconds=0)
     with pytest.raises(ValueError, match="window_seconds must be a number"):
         hear_ssam.load_model(window_seconds="long")
-    enc = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS["ssam-tiny"])
+    enc = hear_ssam.preset_encoder("ssam-tiny")
     with torch.no_grad():
         enc.pos_embed.add_(0.1)  # as if learned
     with pytest.raises(ValueError, match="not the fixed sin-cos table"):
@@ -172,7 +172,7 @@ def test_every_family_runs_on_a_long_window():
     audio = noise(1, 12.5, seed=2)
     for preset in ("ssast-tiny", "axlstm-tiny"):
         torch.manual_seed(0)
-        enc = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS[preset]).eval()
+        enc = hear_ssam.preset_encoder(preset).eval()
         enc.extend_window(3000)  # 30 s: one window holds the whole clip
         emb, ts = hear_ssam.get_timestamp_embeddings(audio, hear_ssam.HearSSAM(enc))
         assert emb.shape == (1, ts.shape[1], 960) and torch.isfinite(emb).all()

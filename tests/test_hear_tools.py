@@ -30,7 +30,7 @@ def official_ckpt(tmp_path_factory):
     from test_checkpoint import write_official
     torch.manual_seed(2)
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint-99.pth"
-    write_official(path, hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS["ssam-tiny"]))
+    write_official(path, hear_ssam.preset_encoder("ssam-tiny"))
     return path
 
 

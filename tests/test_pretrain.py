@@ -68,6 +68,11 @@ def tiny_config(**kw):
     return TrainConfig(**base)
 
 
+def tiny_encoder(**kw):
+    cfg = tiny_config(**kw)
+    return hear_ssam.SpectrogramEncoder(cfg.encoder_config(), cfg.pretraining_options())
+
+
 def losses(run):
     with open(run / "metrics.csv") as f:
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
@@ -96,6 +101,73 @@ def test_config_errors_are_named(tmp_path):
         load_config(None, ["oops"])
 
 
+def test_encoder_overrides_go_to_the_config_each_key_belongs_to():
+    """One mapping for both configs, as the YAML files and users' configs write it; a key of
+    neither is named with both configs' fields."""
+    import dataclasses
+    from hear_ssam import FAMILIES, PRESETS, PretrainingOptions
+    cfg = load_config(None, ["preset=ssast-tiny", "encoder_overrides={embed_dim: 32, depth: 2, "
+                             "mask_token_position: true, block_options: {num_heads: 2}}"])
+    assert cfg.encoder_config() == dataclasses.replace(PRESETS["ssast-tiny"], embed_dim=32, depth=2,
+                                                       block_options={"num_heads": 2, "mlp_ratio": 4.0})
+    assert cfg.pretraining_options() == PretrainingOptions(mask_token_position=True)
+    ssamba = TrainConfig(preset="ssamba-tiny", encoder_overrides={"drop_path_rate": 0.0})
+    assert ssamba.encoder_config() == PRESETS["ssamba-tiny"]  # the family's other options stay
+    assert ssamba.pretraining_options() == dataclasses.replace(FAMILIES["ssamba"].pretraining_options(),
+                                                               drop_path_rate=0.0)
+    bad = TrainConfig(encoder_overrides={"width": 3, "depth": 2})
+    for build in (bad.encoder_config, bad.pretraining_options):
+        with pytest.raises(ValueError, match=r"encoder_overrides: unknown keys \['width'\]; EncoderConfig fields: \[.*"
+                                             r"'embed_dim'.*\], PretrainingOptions fields: \[.*'drop_path_rate'.*\]"):
+            build()
+    with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\)"):
+        TrainConfig(encoder_overrides={"drop_path_rate": 1.5}).pretraining_options()
+    with pytest.raises(ValueError, match="encoder_overrides must be a mapping"):
+        load_config(None, ["encoder_overrides=depth"]).encoder_config()
+
+
+def test_training_checkpoints_of_either_layout_export_with_their_options(tmp_path):
+    """Training checkpoints store the options beside "encoder"; those written before hold them
+    flat in "encoder": both load and export to the same module. A second stage refuses a start
+    file of other pretraining options by name."""
+    import json
+    from safetensors import safe_open
+    from hear_ssam.checkpoint import TRAIN_METADATA_KEY, write_safetensors
+    from pretrain.checkpoints import load_training_checkpoint, read_init_weights, save_training_checkpoint
+    from pretrain.export import export
+    cfg = TrainConfig(preset="ssamba-tiny", encoder_overrides={**TINY, "drop_path_rate": 0.2})
+    torch.manual_seed(0)
+    enc = hear_ssam.SpectrogramEncoder(cfg.encoder_config(), cfg.pretraining_options())
+    optimizer = torch.optim.AdamW(enc.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    new = tmp_path / "new" / CHECKPOINT
+    save_training_checkpoint(new, enc, cfg.frontend, optimizer, scaler, 3, cfg, {"last_loss": 1.0})
+    with safe_open(str(new), framework="pt") as f:
+        meta = json.loads(f.metadata()[TRAIN_METADATA_KEY])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["encoder"] == cfg.encoder_config().to_dict()
+    assert meta["pretraining"] == cfg.pretraining_options().to_dict()
+    flat = {k: v for k, v in meta.items() if k != "pretraining"}
+    flat["encoder"] = {**meta["encoder"], **meta["pretraining"]}
+    old = tmp_path / "old" / CHECKPOINT
+    write_safetensors(old, tensors, {TRAIN_METADATA_KEY: json.dumps(flat)})
+    for path in (new, old):
+        read, _, _ = load_training_checkpoint(path)
+        assert read["encoder"] == meta["encoder"] and read["pretraining"] == meta["pretraining"]
+        out = tmp_path / f"{path.parent.name}.safetensors"
+        export(path, out)
+        model = hear_ssam.load_model(str(out))
+        assert model.encoder.cfg == cfg.encoder_config() and model.encoder.pretraining == cfg.pretraining_options()
+        for k, v in enc.state_dict().items():
+            assert torch.equal(model.encoder.state_dict()[k], v), k
+    read_init_weights(tmp_path / "old.safetensors", cfg.encoder_config(), cfg.pretraining_options(), cfg.frontend)
+    other = TrainConfig(preset="ssamba-tiny", encoder_overrides=TINY)
+    with pytest.raises(ValueError, match=r"init_from .*its pretraining options differ from this run's in "
+                                         r"drop_path_rate \(0.2, the run has 0.1\)"):
+        read_init_weights(tmp_path / "old.safetensors", other.encoder_config(), other.pretraining_options(),
+                          other.frontend)
+
+
 def test_lr_warms_up_linearly_then_half_cosine_to_zero():
     peak, total, warm = 6e-4, 100, 10
     assert lr_at(0, total, warm, peak) == pytest.approx(peak / 10)
@@ -106,7 +178,7 @@ def test_lr_warms_up_linearly_then_half_cosine_to_zero():
 
 
 def test_no_weight_decay_on_1d_params_and_biases():
-    enc = hear_ssam.SpectrogramEncoder(tiny_config().encoder_config())
+    enc = tiny_encoder()
     decay, no_decay = param_groups(enc, 0.05)
     names = {id(p): n for n, p in enc.named_parameters()}
     assert all(p.ndim >= 2 and not names[id(p)].endswith("bias") for p in decay["params"])
@@ -125,7 +197,7 @@ def test_unstructured_mask_hides_exactly_half_per_sample():
 
 def test_loss_all_patches_or_masked_only():
     torch.manual_seed(0)
-    enc = hear_ssam.SpectrogramEncoder(tiny_config().encoder_config())
+    enc = tiny_encoder()
     spec = torch.randn(2, 1, 200, 80)
     mask = random_mask(2, 250, 0.5, torch.Generator().manual_seed(1), "cpu")
     loss_all, pred = MaskedSpectrogramModel(enc, "mse_all")(spec, mask)

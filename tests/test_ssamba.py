@@ -23,7 +23,7 @@ def encoder_params(D, depth=24, N=16, K=4, expand=2):
 
 @pytest.mark.parametrize("preset,D", [("ssamba-tiny", 192), ("ssamba-small", 384), ("ssamba-base", 768)])
 def test_encoder_parameters_follow_the_documented_shapes(preset, D):
-    enc = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS[preset])
+    enc = hear_ssam.preset_encoder(preset)
     parts = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "encoder_norm.")
     assert sum(p.numel() for k, p in enc.named_parameters() if k.startswith(parts)) == encoder_params(D)
     assert enc.cfg.depth == 24 and enc.cfg.grid == (64, 8) and not enc.is_causal

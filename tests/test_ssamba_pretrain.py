@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 import hear_ssam
-from hear_ssam import PRESETS, EncoderConfig, SpectrogramEncoder
+from hear_ssam import FAMILIES, PRESETS, EncoderConfig, PretrainingOptions, SpectrogramEncoder
 from hear_ssam.checkpoint import TRAIN_METADATA_KEY
 from pretrain.checkpoints import CHECKPOINT
 from pretrain.config import TrainConfig, load_config
@@ -30,8 +30,8 @@ RATIO = 300 / 512  # SSAMBA masks 300 of 512 patches
 
 def tiny_ssamba(**over):
     torch.manual_seed(0)
-    cfg = TrainConfig(preset="ssamba-tiny", encoder_overrides={**TINY, **over}).encoder_config()
-    return SpectrogramEncoder(cfg)
+    cfg = TrainConfig(preset="ssamba-tiny", encoder_overrides={**TINY, **over})
+    return SpectrogramEncoder(cfg.encoder_config(), cfg.pretraining_options())
 
 
 # ------------------------------------------------------------------ cluster masking
@@ -106,7 +106,7 @@ def test_cluster_mask_is_deterministic_clustered_and_in_the_token_order():
 
 def test_mask_tokens_carry_position_for_ssamba_not_for_ssam():
     enc = tiny_ssamba().eval()
-    assert enc.cfg.mask_token_position and enc.cfg.contrastive_head
+    assert enc.pretraining.mask_token_position and enc.pretraining.contrastive_head
     mask = torch.zeros(1, 512, dtype=torch.bool)
     mask[0, [3, 100]] = True
     with torch.no_grad():
@@ -116,7 +116,7 @@ def test_mask_tokens_carry_position_for_ssamba_not_for_ssam():
                                        rtol=0, atol=0)
     assert not torch.equal(tokens[0, 4], tokens[0, 101])
     ssam = SpectrogramEncoder(EncoderConfig(embed_dim=48, depth=1)).eval()
-    assert not ssam.cfg.mask_token_position and not hasattr(ssam, "cpred")
+    assert not ssam.pretraining.mask_token_position and not hasattr(ssam, "cpred")
     mask = torch.zeros(1, 250, dtype=torch.bool)
     mask[0, [3, 100]] = True
     tokens = ssam.embed(torch.randn(1, 1, 200, 80), mask)
@@ -124,7 +124,7 @@ def test_mask_tokens_carry_position_for_ssamba_not_for_ssam():
     # without a mask both orders are the same forward
     spec = torch.randn(1, 1, 1024, 128)
     import dataclasses
-    other = SpectrogramEncoder(dataclasses.replace(enc.cfg, mask_token_position=False))
+    other = SpectrogramEncoder(enc.cfg, dataclasses.replace(enc.pretraining, mask_token_position=False))
     other.load_state_dict(enc.state_dict())
     torch.testing.assert_close(other.embed(spec), enc.embed(spec), rtol=0, atol=0)
 
@@ -136,15 +136,18 @@ def test_patches_are_ssasts_unfold_and_unpatchify_inverts_every_layout():
     torch.testing.assert_close(enc.patchify(spec), unfold, rtol=0, atol=0)  # [B, 512, 256], (f, t) inside
     for tokens in ("time-major", "freq-major"):
         for pixels in ("time-major", "freq-major"):
-            e = SpectrogramEncoder(EncoderConfig(embed_dim=16, depth=1, patch_order=tokens, patch_pixel_order=pixels))
+            e = SpectrogramEncoder(EncoderConfig(embed_dim=16, depth=1, patch_order=tokens),
+                                   PretrainingOptions(patch_pixel_order=pixels))
             x = torch.randn(2, 1, 200, 80)
             assert torch.equal(e.unpatchify(e.patchify(x)), x)
-    ssam_dict = PRESETS["ssam-tiny"].to_dict()
-    assert EncoderConfig(**ssam_dict) == PRESETS["ssam-tiny"]
+    ssam_dict = PretrainingOptions().to_dict()
+    assert PretrainingOptions(**ssam_dict) == PretrainingOptions()
     older = {k: v for k, v in ssam_dict.items() if k not in ("mask_token_position", "contrastive_head",
                                                              "patch_pixel_order")}
-    assert EncoderConfig(**older) == PRESETS["ssam-tiny"]  # configs written before these fields
+    assert PretrainingOptions(**older) == PretrainingOptions()  # configs written before these fields
     assert EncoderConfig(**PRESETS["ssamba-base"].to_dict()) == PRESETS["ssamba-base"]
+    ssamba = FAMILIES["ssamba"].pretraining_options()
+    assert PretrainingOptions(**ssamba.to_dict()) == ssamba
 
 
 def test_released_cpredlayer_maps_to_cpred_and_loads_strictly(tmp_path):
@@ -160,6 +163,8 @@ def test_released_cpredlayer_maps_to_cpred_and_loads_strictly(tmp_path):
     assert model.config["provenance"]["set_aside_keys"] == ["p_input_fdim", "p_input_tdim", "v.head.bias",
                                                             "v.head.weight"]
     assert isinstance(model.encoder.cpred[1], torch.nn.ReLU)
+    assert model.encoder.pretraining == FAMILIES["ssamba"].pretraining_options()
+    assert model.config["pretraining"] == FAMILIES["ssamba"].pretraining
 
 
 # ------------------------------------------------------------------ the joint objective
@@ -230,7 +235,7 @@ def test_joint_loss_is_ssasts_mpc_plus_ten_mpg():
 
 def test_joint_objective_needs_the_contrastive_head_and_the_config_checks():
     ssam = SpectrogramEncoder(EncoderConfig(embed_dim=16, depth=1))
-    with pytest.raises(ValueError, match="contrastive_head=True"):
+    with pytest.raises(ValueError, match=r"PretrainingOptions\(contrastive_head=True\) adds `cpred`"):
         MaskedSpectrogramModel(ssam, "ssast_joint")
     with pytest.raises(ValueError, match=r"\['ssast_joint', 'ssast_joint_shared'\]"):
         load_config(None, ["objective=infonce"])
@@ -285,6 +290,7 @@ def test_ssamba_configs_follow_the_paper():
         assert cfg.short_files == "pad"  # SSAST / SSAMBA's loaders zero-pad short clips
         assert 512 - int(512 * (1 - cfg.mask_ratio)) == 300
         assert cfg.encoder_config() == PRESETS[cfg.preset]
+        assert cfg.pretraining_options() == FAMILIES["ssamba"].pretraining_options()
     cpu = load_config(ROOT / "pretrain" / "configs" / "ssamba_tiny_cpu.yaml")
     # the others' first-stage budget in hours of audio: 400 x 32 crops of 10.24 s = 36.4 h (theirs: 35.6 h)
     assert (cpu.global_batch, cpu.max_steps, cpu.length_weight_cap_s) == (32, 400, 10)

@@ -9,7 +9,7 @@ The block contract (every entry of BLOCKS):
 - `supports_drop_path`: whether `Block(..., drop_path=p)` is accepted: stochastic depth placed
   as Vim's add-norm Block does, on the incoming hidden (the previous block's mixer output)
   before it is added to the residual; the encoder gives block i the rate of mixer i - 1 and
-  drops the last mixer's output itself (`EncoderConfig.drop_path_rate`);
+  drops the last mixer's output itself (`PretrainingOptions.drop_path_rate`);
 - `init_encoder(encoder, depth)`: the family's model-wide init, run once after construction.
 """
 from .bimamba import BiMamba, BiMambaBlock

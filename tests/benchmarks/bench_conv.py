@@ -62,7 +62,8 @@ def op_case(B, E, L, K):
 def step_case(preset, micro_batch):
     torch.manual_seed(0)
     cfg = TrainConfig(preset=preset, **PRESET_CONFIG[preset])
-    model = MaskedSpectrogramModel(SpectrogramEncoder(cfg.encoder_config()), cfg.objective).train()
+    encoder = SpectrogramEncoder(cfg.encoder_config(), cfg.pretraining_options())
+    model = MaskedSpectrogramModel(encoder, cfg.objective).train()
     enc = model.encoder.cfg
     spec = torch.randn(micro_batch, 1, enc.crop_frames, enc.n_mels)
     g = torch.Generator().manual_seed(0)

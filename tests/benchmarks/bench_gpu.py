@@ -45,7 +45,7 @@ def timed(fn, repeats):
 
 def bench_train(preset, micro_batch, precision, repeats):
     torch.manual_seed(0)
-    enc = hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS[preset]).cuda().train()
+    enc = hear_ssam.preset_encoder(preset).cuda().train()
     model = MaskedSpectrogramModel(enc, "mse_all")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
@@ -68,7 +68,7 @@ def bench_train(preset, micro_batch, precision, repeats):
 
 def bench_embed(preset, clips, repeats):
     torch.manual_seed(0)
-    model = hear_ssam.HearSSAM(hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS[preset]).eval()).cuda()
+    model = hear_ssam.HearSSAM(hear_ssam.preset_encoder(preset).eval()).cuda()
     audio = (torch.rand(clips, 160_000, generator=torch.Generator().manual_seed(1)) * 2 - 1).cuda()
     out = {}
     for precision in ("fp32", "fp16"):

@@ -41,13 +41,15 @@ def child(preset, seconds, device, min_time):
     sys.path.insert(0, str(ROOT))
     import hear_ssam
     from hear_ssam.ops import resolve_backend
+    from hear_ssam.presets import family_of_preset
     import dataclasses
     torch.manual_seed(0)
     cfg = hear_ssam.PRESETS[preset]
     frames = int(round(seconds * 100 / cfg.patch_time)) * cfg.patch_time
     # Built for the window directly: for fixed sin-cos positions this is extend_window's table;
     # learned positions (SSAMBA) are sized for the window, as its efficiency benchmark does.
-    enc = hear_ssam.SpectrogramEncoder(dataclasses.replace(cfg, crop_frames=frames)).eval().to(device)
+    options = family_of_preset(preset).pretraining_options()
+    enc = hear_ssam.SpectrogramEncoder(dataclasses.replace(cfg, crop_frames=frames), options).eval().to(device)
     spec = torch.randn(1, 1, frames, enc.cfg.n_mels, device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 

@@ -43,7 +43,7 @@ def main():
     for preset in args.presets:
         torch.manual_seed(0)
         cfg = TrainConfig(preset=preset)
-        model = MaskedSpectrogramModel(SpectrogramEncoder(cfg.encoder_config()), "mse_all")
+        model = MaskedSpectrogramModel(SpectrogramEncoder(cfg.encoder_config(), cfg.pretraining_options()), "mse_all")
         enc = model.encoder.cfg
         spec = torch.randn(args.micro_batch, 1, enc.crop_frames, enc.n_mels)
         mask = MASKINGS["unstructured"](args.micro_batch, enc.num_patches, args.mask_ratio,

@@ -120,7 +120,7 @@ def throughput(seconds=10.0, n=4, repeats=2):
     audio = torch.rand(n, int(seconds * 16000)) * 2 - 1
     rows = []
     for preset in ("ssam-tiny", "ssast-tiny", "axlstm-tiny"):
-        model = hear_ssam.HearSSAM(hear_ssam.SpectrogramEncoder(hear_ssam.PRESETS[preset]).eval())
+        model = hear_ssam.HearSSAM(hear_ssam.preset_encoder(preset).eval())
         hear_ssam.get_scene_embeddings(audio[:1], model)  # warm-up (and the compiled scan's build)
         t0 = time.perf_counter()
         for _ in range(repeats):
