@@ -105,3 +105,25 @@ def test_the_catalogue_keeps_the_order_of_its_file(tmp_path):
     sources = load_sources(tmp_path / "sources.yaml")
     assert list(sources) == ["z-music", "a-music", "b-data"]
     assert sources["a-music"] == Source("music", "a", "GPL-3")
+
+
+def test_no_other_file_of_the_project_names_the_held_out_packages():
+    """Their names stay in this guard alone: no code, config, doc or result points at them."""
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    names = re.compile("|".join(re.escape(p.rstrip("-")) for p in HELD_OUT))
+    found = []
+    for name in tracked:
+        path = root / name
+        if path == Path(__file__) or path.suffix in (".safetensors", ".png") or not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        found += [f"{name}: {m.group(0)}" for m in names.finditer(text)]
+    assert not found, found

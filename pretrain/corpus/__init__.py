@@ -34,10 +34,9 @@ it changes when any kept audio changes, and not with the output folder or row or
 
 The sources are disjoint from the packages of the offline evaluation suite's projects
 (`pretrain.debian.is_eval_package`; `build` refuses them) and from the packages reserved
-for held-out evaluation by people outside this project (the Asterisk sound and prompt
-packs, klettres-data, tuxpaint-stamps-default, widelands-data, gcompris-qt-data,
-minetest-data, scorched3d-data, and the other packages of their projects);
-tests/test_data_sources.py checks SOURCES against both. Clips are not committed: their
+for held-out evaluation by people outside this project (and the other packages of their
+projects), whose names only the guard test tests/test_data_sources.py holds; it checks
+SOURCES against both. Clips are not committed: their
 licences (mostly GPL / CC-BY-SA) travel with the packages, the manifest records each
 package's, and /usr/share/doc/PACKAGE/copyright has per-file terms.
 """
