@@ -235,10 +235,8 @@ class HearSSAM(nn.Module):
     def window_tokens(self, audio: torch.Tensor) -> torch.Tensor:
         """[n, samples] -> tokens [n, N, D] of one window: the clip's features padded with the
         padding value or cut to `crop_frames` (SSAMBA's released fine-tuning input)."""
-        spec = self.frontend(audio)
-        crop = self.encoder.cfg.crop_frames
-        spec = nn.functional.pad(spec[:, :, :crop], (0, 0, 0, max(0, crop - spec.shape[2])), value=self.pad_value)
-        return self.encode_tokens(spec)
+        spec = self.frontend(audio)[:, :, :self.encoder.cfg.crop_frames]
+        return self.encode_tokens(self.chunk_frames(spec, self.encoder.cfg.crop_frames - spec.shape[2]))
 
     def scene_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
         """[n, samples] -> [n, scene_embedding_size], by `scene_pooling`."""
