@@ -58,12 +58,11 @@ class BiMamba(Mamba):
 
     def forward(self, hidden_states):
         """[B, L, d_model] -> [B, L, d_model]."""
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2E, L]
-        x, z = xz.chunk(2, dim=1)
+        x, z = self.project_in(hidden_states)  # [B, E, L] each
         y_f = self.ssm(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
         y_b = self.ssm(x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b,
                        self.A_b_log, self.D_b)
-        return self.out_proj(((y_f + y_b.flip(-1)) / 2).transpose(1, 2))
+        return self.project_out((y_f + y_b.flip(-1)) / 2)
 
 
 class BiMambaBlock(nn.Module):

@@ -51,6 +51,15 @@ def init_for_depth(scopes: Iterable[nn.Module], depth: int) -> None:
                     w /= math.sqrt(depth)
 
 
+def channels_first_linear(weight, bias, x):
+    """A Linear's map on channels-first input: x [B, in, L] -> weight @ x (+ bias) [B, out, L],
+    contiguous. A batched matmul over the weight broadcast with stride 0 reads x in place and
+    writes the channels-first product directly: F.linear (or torch.matmul, which folds the
+    batch into one matrix) would compute channels-last and copy."""
+    y = torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+    return y if bias is None else y + bias.to(y.dtype)[:, None]
+
+
 class Mamba(nn.Module):
     """mamba_ssm's `Mamba` mixer (no inference cache): [B, L, d_model] -> [B, L, d_model]."""
 
@@ -80,10 +89,28 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states):
         """[B, L, d_model] -> [B, L, d_model]."""
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2E, L]
-        x, z = xz.chunk(2, dim=1)
+        x, z = self.project_in(hidden_states)
         y = self.ssm(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-        return self.out_proj(y.transpose(1, 2))
+        return self.project_out(y)
+
+    def project_in(self, hidden_states):
+        """in_proj, written channels-first: [B, L, d_model] -> x, z [B, E, L], each contiguous.
+
+        The conv and the scan take channels-first tensors; computing W @ h^T per half gives
+        them that layout straight from the matmul (which reads the transposed operand in
+        place), where in_proj(h).transpose(1, 2).chunk(2) would leave two strided halves for
+        the kernels to copy. Same products, same sums."""
+        h_t = hidden_states.transpose(1, 2)  # [B, D, L], a view
+        w, b = self.in_proj.weight, self.in_proj.bias
+        x, z = (channels_first_linear(w[i * self.d_inner:(i + 1) * self.d_inner],
+                                      None if b is None else b[i * self.d_inner:(i + 1) * self.d_inner], h_t)
+                for i in (0, 1))
+        return x, z
+
+    def project_out(self, y):
+        """out_proj of channels-first y [B, E, L] -> [B, L, d_model] (a transposed view of the
+        [B, d_model, L] product: the residual add that follows reads it in place)."""
+        return channels_first_linear(self.out_proj.weight, self.out_proj.bias, y).transpose(1, 2)
 
     def ssm(self, x, z, conv1d, x_proj, dt_proj, A_log, D):
         """One direction's SSM with the given parameter set: x, z [B, E, L] -> y [B, E, L].
@@ -93,11 +120,11 @@ class Mamba(nn.Module):
         same path."""
         A = -torch.exp(A_log.float())
         x = causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
-        dt, B, C = torch.split(x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias is added inside the scan
-        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
-        return selective_scan(x.contiguous(), dt.contiguous(), A, B, C, D.float(), z=z.contiguous(),
-                              delta_bias=dt_proj.bias.float(), delta_softplus=True)
+        x_dbl = channels_first_linear(x_proj.weight, None, x)  # [B, R + 2N, L]
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        dt = channels_first_linear(dt_proj.weight, None, dt)  # [B, E, L]; the bias is added inside the scan
+        return selective_scan(x.contiguous(), dt.contiguous(), A, B.contiguous(), C.contiguous(), D.float(),
+                              z=z.contiguous(), delta_bias=dt_proj.bias.float(), delta_softplus=True)
 
 
 class MambaBlock(nn.Module):
