@@ -29,8 +29,10 @@ from .frontend import SSAMBA_FBANK, FrontendConfig
 SSAM_RUNTIMES = {"hear": {"frame_layout": "time-steps", "scene_pooling": "frames"},
                  "official": {"frame_layout": "released", "scene_pooling": "frames"}}
 # SSAMBA's released code pools `ft_avgtok` over one padded-or-cut 10.24 s window and has no
-# frame-level output, so its timestamp frames are ours under both runtimes.
-SSAMBA_RUNTIMES = {"hear": {"frame_layout": "time-steps", "scene_pooling": "tokens"},
+# frame-level output, so its timestamp frames are ours under both runtimes. Our scene pooling
+# is the other families': the mean of the clip's frames, each frequency patch kept apart
+# (8 x D values): the mean over all tokens (ft_avgtok) averages the frequency rows together.
+SSAMBA_RUNTIMES = {"hear": {"frame_layout": "time-steps", "scene_pooling": "frames"},
                    "official": {"frame_layout": "time-steps", "scene_pooling": "window_tokens"}}
 
 

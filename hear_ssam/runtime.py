@@ -14,7 +14,7 @@ pooling is data, `presets.Family.runtimes`):
 |---------------------|------------|------------------|--------------------------------------------------|
 | SSAM, SSAST, AxLSTM | "hear"     | "time-steps"     | "frames": mean of the clip's frames              |
 | SSAM, SSAST, AxLSTM | "official" | "released"       | "frames": mean of those frames                   |
-| SSAMBA              | "hear"     | "time-steps"     | "tokens": mean of the clip's real non-CLS tokens |
+| SSAMBA              | "hear"     | "time-steps"     | "frames": mean of the clip's frames              |
 | SSAMBA              | "official" | "time-steps" (*) | "window_tokens": `ft_avgtok` as released         |
 
 (*) the released SSAMBA code has no frame-level output.
@@ -31,7 +31,10 @@ Frame layouts
 Scene poolings (D values unless "frames": n_f * D)
 - "frames": mean of the clip's output frames.
 - "tokens": mean of the clip's non-CLS tokens (after the final norms), frequency patches too,
-  under its kept frames (each time step weighted by its frames on the 40 ms grid).
+  under its kept frames (each time step weighted by its frames on the 40 ms grid). No runtime
+  uses it (`HearSSAM(..., scene_pooling="tokens")` asks for it): averaging the frequency
+  patches together discards the spectral shape, and SSAMBA's 1-2 s clips scored near chance
+  with it on vowel and digit tasks that every "frames" pooling separates.
 - "window_tokens": SSAMBA's released fine-tuning input and `ft_avgtok`: the clip's features
   padded with the padding value (zero fbank, normalised) or cut to one window (the first
   `crop_frames` frames: a clip longer than 10.24 s counts only its first 10.24 s), one encoder
