@@ -1,16 +1,22 @@
-"""python -m eval_suites {list, build mini, run [SUITE]}
+"""python -m eval_suites {list, build mini, run [SUITE], families}
 
     python -m eval_suites list
     python -m eval_suites build mini --tasks-dir tasks/
     python -m eval_suites run mini --model default --model runs/x/model.safetensors --tasks-dir tasks/ --out runs/eval
     python -m eval_suites run hear2021 --model logmel --model ssam=ssam.safetensors --tasks-dir ~/hear/tasks --out runs/hear
     python -m eval_suites run --model logmel --model default --tasks-dir any_bundles/ --out runs/any
+    python -m eval_suites families --tasks-dir data/tasks --out runs/families
+    python -m eval_suites families --list-checkpoints
 
 `run` without a SUITE evaluates every bundle in --tasks-dir with heareval's own protocol
 (its PARAM_GRID, 8 grid points, seed 42); --protocol, --grid-json and --seeds replace the
 protocol of either kind of run. Broken bundles are reported by name and skipped; the exit
 status is 1 if a bundle was broken or a step failed (a suite bundle absent from --tasks-dir
 is reported, not a failure), 2 for bad arguments.
+
+`families` runs the families comparison on the mini suite (eval_suites/families.py: its rows,
+the MLP probe with adaptive seeding, the linear probe); `--list-checkpoints` prints NAME=CKPT
+of its rows that have weights, one a line, for the efficiency benchmark.
 """
 from __future__ import annotations
 
@@ -46,6 +52,12 @@ def main(argv=None):
     r.add_argument("--grid-json", help="probe grid in heareval's PARAM_GRID format, names as strings "
                                        "(every point is trained)")
     r.add_argument("--jobs", type=int, help="probe processes in parallel (default: cores, max 4)")
+    f = sub.add_parser("families", help="the families comparison on the mini suite (MLP + linear probes)")
+    f.add_argument("--tasks-dir", type=Path, help="the built mini suite")
+    f.add_argument("--out", type=Path, help="runs folder (e.g. runs/families)")
+    f.add_argument("--jobs", type=int, help="probe processes in parallel (default: cores, max 4)")
+    f.add_argument("--list-checkpoints", action="store_true",
+                   help="print NAME=CKPT of the rows with weights (optional rows only when present) and exit")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -56,6 +68,16 @@ def main(argv=None):
                     print(f"  {t.bundle:<36} {t.label:<22} {t.metric:<22} {t.split}")
             print(f"protocols (run --protocol): {', '.join(sorted(PROTOCOLS))}")
             print(f"HEAR 2021 leaderboard columns: {', '.join(HEAR2021_COLUMNS)}")
+        elif a.cmd == "families":
+            from .families import checkpoint_rows, run_families
+            from .runner import FAILED_STATES
+            if a.list_checkpoints:
+                print("\n".join(checkpoint_rows()))
+                return 0
+            if a.tasks_dir is None or a.out is None:
+                raise ValueError("families needs --tasks-dir (the built mini suite) and --out (a runs folder)")
+            status = run_families(a.tasks_dir, a.out, jobs=a.jobs)
+            return 1 if any(state in FAILED_STATES for state, _ in status.values()) else 0
         elif a.cmd == "build":
             from .build import build
             build(a.tasks_dir, a.work)

@@ -124,6 +124,15 @@ SSAM10 = Suite(
 MINI_GRID = dict(PAPER_GRID, dropout=[0.1], lr=[1e-3], batch_size=[64], max_epochs=[150], patience=[10],
                  check_val_every_n_epoch=[2])
 
+# The mini suite's linear probe for event tasks (python -m eval_suites families): MINI_GRID with
+# hidden_layers 0. heareval's FullyConnectedPrediction then has no hidden block (an Identity):
+# one torch.nn.Linear(embedding dim, labels) on each frame embedding, initialised as the grid says
+# (xavier-normal, gain 1), sigmoid + BCE for a multilabel task, trained as the MLP (Adam, lr, batch,
+# patience; a bundle's task_specific_param_grid still applies) and tested through heareval's event
+# post-processing. hidden_dim, dropout and hidden_norm are unused without a hidden layer, and
+# embedding_norm is built but never applied in heareval's forward: the frames are not standardised.
+MINI_LINEAR_GRID = dict(MINI_GRID, hidden_layers=[0])
+
 MINI = Suite(
     name="mini",
     description="Offline suite built from real recordings in Debian packages (python -m eval_suites build mini).",

@@ -41,29 +41,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from eval_suites.scores import SCORES, half_width, primary_score
 from eval_suites.suites import HEAR2021, HEAR2021_COLUMNS, KNOWN_TASKS, LOWER_IS_BETTER, SUITES, TaskSpec, \
     bundle_task_specs
 
 log = logging.getLogger("results")
 REFERENCES = Path(__file__).parent / "references.csv"
 REPO = Path(__file__).resolve().parents[1]
-SCORES = "test.predicted-scores.json"
 
 
 def task_spec(bundle):
     """The spec a suite gives this bundle, or None."""
     return KNOWN_TASKS.get(bundle)
-
-
-def primary_score(scores: dict, metric: str) -> float:
-    """heareval's primary test score: per split for train/valid/test, mean over folds for k-fold."""
-    if "aggregated_scores" in scores:
-        agg = scores["aggregated_scores"]
-        return float(agg.get(f"test_{metric}_mean", agg["test_score_mean"]))
-    test = scores["test"]
-    return float(test.get(f"test_{metric}", test["test_score"]))
 
 
 def _read_json(path: Path):
@@ -183,13 +173,10 @@ def column_order(raw: pd.DataFrame) -> list:
 
 def summarise(raw: pd.DataFrame) -> pd.DataFrame:
     """Per (model, column): mean, Student-t 95 % half-width, n, sd over seeds."""
-    def ci95(x):
-        x = x.dropna()
-        return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
     seeds = per_seed(raw)
     g = seeds.groupby(["model", "task", "label", "metric"], sort=True)["score"]
     out = g.agg(mean="mean", sd="std", n="count").reset_index()
-    out["ci95"] = g.apply(ci95).values
+    out["ci95"] = g.apply(half_width).values
     rank = {label: i for i, label in enumerate(column_order(raw))}
     out["_col"] = out["label"].map(rank)
     out = out.sort_values(["model", "_col"], kind="stable").drop(columns="_col").reset_index(drop=True)

@@ -10,20 +10,7 @@
 # (fixed threads and scan backend, seeded deterministic probes; docs/evaluation.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-# System tools for building the suite: apt-get download + dpkg-deb (Debian), fluidsynth.
-if ! command -v fluidsynth > /dev/null || ! ls /var/lib/apt/lists/*Packages* > /dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fluidsynth > /dev/null
-  else
-    echo "main: needs fluidsynth and apt package lists: sudo apt-get update && sudo apt-get install fluidsynth" >&2
-    exit 1
-  fi
-fi
-# Fixed thread counts and scan backend: float sums depend on both, and a probe trained on
-# embeddings that differ in the last bit can stop at another epoch.
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" MKL_NUM_THREADS="${OMP_NUM_THREADS:-2}" TF_CPP_MIN_LOG_LEVEL=3
-PY=.venv/bin/python
+source scripts/job_env.sh  # set-up, system tools, fixed threads and scan backend
 OUT=runs/main
 mkdir -p "$OUT"
 start=$SECONDS
@@ -36,16 +23,6 @@ echo "== 2/4 hear-validator hear_ssam (bundled default model)"
 grep "Looks good!" "$OUT/validator.log"
 
 echo "== 3/4 embeddings + probes (heareval): 4 models x 5 tasks x 5 seeds"
-# The CPU scan every run uses: the compiled one, built once here (about 30 s, then cached),
-# or the pure-PyTorch one when no compiler is available. Pinned so that no run differs.
-scan=$($PY -c "
-from hear_ssam.ops.selective_scan_cpu import load_compiled
-try:
-    load_compiled(); print('compiled')
-except Exception:
-    print('chunked')" | tail -1)
-export HEAR_SSAM_SCAN="$scan"
-echo "CPU selective scan: $scan"
 # ssam-tiny-random: the bundled model's architecture at its seeded random initialisation, so
 # the leaderboard shows what pretraining added. ssast-tiny: the Transformer baseline trained
 # with the bundled model's data, budget and recipe (ssast_tiny_cpu.yaml, then

@@ -62,6 +62,8 @@ def test_no_import_cycles():
 
 
 def test_the_plugin_imports_no_other_folder_and_pretrain_not_eval_suites():
+    """hear_ssam imports no other folder; pretrain neither eval_suites nor results; eval_suites
+    only pretrain's stdlib-only modules and never results (results reads eval_suites' runs)."""
     for name, targets in graph().items():
         top = name.split(".")[0]
         others = {t.split(".")[0] for t in targets} - {top}
@@ -72,6 +74,7 @@ def test_the_plugin_imports_no_other_folder_and_pretrain_not_eval_suites():
         if top == "eval_suites":  # only pretrain's stdlib-only modules: the Debian fetcher and the seeds
             from_pretrain = {t for t in targets if t.split(".")[0] == "pretrain"}
             assert from_pretrain <= {"pretrain", "pretrain.debian", "pretrain.seeds"}, f"{name} imports {from_pretrain}"
+            assert "results" not in others, f"{name} imports {others}: results reads eval_suites, not the other way"
 
 
 def test_the_graph_sees_real_imports():

@@ -585,6 +585,19 @@ def test_cpu_comparison_configs_share_one_budget_and_recipe():
     assert TrainConfig.scaled_lr(ssam["base_lr"], ssam["global_batch"]) == pytest.approx(5e-4)
 
 
+def test_positioned_mask_token_config_differs_from_ssast_only_in_its_mask_tokens():
+    """The families comparison's SSAST-recipe row is ssast-tiny's CPU budget and recipe with
+    positioned mask tokens, and nothing else changed."""
+    configs = ROOT / "pretrain" / "configs"
+    framework = load_config(configs / "ssast_tiny_cpu.yaml")
+    own = load_config(configs / "ssast_tiny_cpu_posmask.yaml")
+    assert own.pretraining_options().mask_token_position and not framework.pretraining_options().mask_token_position
+    assert own.encoder_config() == framework.encoder_config()
+    one, other = framework.to_dict(), own.to_dict()
+    assert other.pop("encoder_overrides") == {"mask_token_position": True} and one.pop("encoder_overrides") == {}
+    assert other == one
+
+
 def test_later_stage_configs_differ_only_in_the_preset_and_the_start():
     """The later stages keep the comparison one budget: stage k of each family is the first
     stage's config with init_from its own stage k-1 export and seed k-1. ssam and ssast have
