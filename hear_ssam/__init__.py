@@ -16,7 +16,7 @@ from .frontend import FrontendConfig, LogMelFrontend
 from .presets import FAMILIES, PRESETS, preset_encoder
 from .runtime import HearSSAM
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 __all__ = ["load_model", "get_scene_embeddings", "get_timestamp_embeddings", "HearSSAM", "LogMelBaseline",
            "SpectrogramEncoder", "SSAMEncoder", "EncoderConfig", "PretrainingOptions", "FrontendConfig", "FAMILIES",
            "PRESETS", "preset_encoder", "LogMelFrontend", "load_checkpoint", "save_checkpoint", "CheckpointError"]
