@@ -5,6 +5,8 @@ import hashlib
 import re
 from pathlib import Path
 
+import pandas as pd
+
 import pytest
 
 pytestmark = pytest.mark.audit
@@ -51,7 +53,7 @@ def test_the_leaderboard_names_the_committed_weights_it_ran():
 def test_the_readme_quotes_the_leaderboard():
     board = markdown_rows((MINI / "leaderboard.md").read_text())
     readme = (ROOT / "README.md").read_text()
-    quoted = markdown_rows(readme[readme.index("## Results at a glance"):])
+    quoted = markdown_rows(readme[readme.index("**The main job**"):])
     assert set(quoted) == set(board)
     for model, cells in quoted.items():
         for column, value in cells.items():
@@ -68,3 +70,14 @@ def test_the_model_card_quotes_the_leaderboard_means():
              "log-mel baseline (mean + std)": "logmel (baseline)",
              "ssam-tiny at its seeded random initialisation": "ssam-tiny-random"}
     assert {names[k]: v for k, v in quoted.items()} == means
+
+
+def test_the_readme_quotes_the_families_comparison():
+    """The headline table's MLP cells are results/families/scores.csv's, rounded."""
+    scores = pd.read_csv(ROOT / "results" / "families" / "scores.csv")
+    readme = (ROOT / "README.md").read_text()
+    quoted = markdown_rows(readme[readme.index("**The families compared**"):])
+    assert {m.replace(" (baseline)", "") for m in quoted} == set(scores["model"])
+    for r in scores.itertuples():
+        name = f"{r.model} (baseline)" if r.model == "logmel" else r.model
+        assert quoted[name][r.label].strip("*") == f"{r.mean:.3f} ± {r.ci95:.3f}", (r.model, r.label)
