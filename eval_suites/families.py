@@ -42,7 +42,6 @@ tests/benchmarks/bench_families.py) into tables and figures.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import json
 import logging
@@ -56,7 +55,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import linear_probe
-from .runner import FAILED_STATES, ModelSpec, _embedding_type, predict, run
+from .runner import FAILED_STATES, ModelSpec, _embedding_type, predict_all, run
 from .scores import half_width, seed_scores
 from .suites import MINI, MINI_LINEAR_GRID, Suite
 
@@ -215,21 +214,6 @@ def plan_seeds(raw, target: float = TARGET_HALF_WIDTH, step: int = SEED_STEP, ca
     return steps
 
 
-def _probe_seeds(work: list, suite: Suite, out: Path, jobs: int) -> dict:
-    """Probes of [(ModelSpec, bundle, seeds)] (finished seeds skipped), in parallel processes
-    -> {(model, bundle, "seedK"): (state, why)}."""
-    status = {}
-    with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(predict, m, b, list(seeds), suite, out): (m, b) for m, b, seeds in work}
-        for fut in cf.as_completed(futures):
-            m, b = futures[fut]
-            for s, res in fut.result().items():
-                status[(m.name, b, f"seed{s}")] = res
-                if res[0] == "failed":
-                    log.error("%s / %s / seed %d probe failed: %s", m.name, b, s, res[1])
-    return status
-
-
 def adaptive_seeding(models, suite: Suite, mlp_dir: Path, jobs: int, target: float = TARGET_HALF_WIDTH,
                      step: int = SEED_STEP, cap: int = SEED_CAP) -> tuple[list, list, dict]:
     """Rounds of plan_seeds + probes until no column asks for seeds -> (rounds, final steps, status).
@@ -261,7 +245,7 @@ def adaptive_seeding(models, suite: Suite, mlp_dir: Path, jobs: int, target: flo
             return rounds, steps, status
         rounds.append(added)
         log.info("seeding round %d: %d probes (model x task) get more seeds", len(rounds), len(work))
-        status.update(_probe_seeds(work, suite, mlp_dir, jobs))
+        status.update(predict_all(work, suite, mlp_dir, jobs))
 
 
 # ---------------------------------------------------------------- linear probes
@@ -347,7 +331,7 @@ def linear_events(models, suite: Suite, tasks_dir: Path, mlp_dir: Path, linear_d
     for m, b, seeds in more:
         log.info("%s / %s linear probe: seeds %d-%d, as its MLP probe", m.name, b, len(linear_suite.seeds),
                  seeds[-1])
-    status.update(_probe_seeds(more, linear_suite, linear_dir, jobs))
+    status.update(predict_all(more, linear_suite, linear_dir, jobs))
     return status
 
 

@@ -389,6 +389,23 @@ def predict(model: ModelSpec, task: str, seeds, suite: Suite, out: Path) -> dict
     return result
 
 
+def predict_all(work, suite: Suite, out: Path, jobs: int, on_done=None) -> dict:
+    """`predict` for [(ModelSpec, task, seeds)] in `jobs` parallel probe processes ->
+    {(model, task, "seedK"): (state, why)}; on_done(model, task, seeds) after each task."""
+    status = {}
+    with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(predict, m, t, list(seeds), suite, out): (m, t, len(seeds)) for m, t, seeds in work}
+        for fut in cf.as_completed(futures):
+            m, t, n = futures[fut]
+            for s, res in fut.result().items():
+                status[(m.name, t, f"seed{s}")] = res
+                if res[0] == "failed":
+                    log.error("%s / %s / seed %d probe failed: %s", m.name, t, s, res[1])
+            if on_done:
+                on_done(m, t, n)
+    return status
+
+
 # ---------------------------------------------------------------- the run
 
 def _with_protocol(suite: Suite, protocol: Suite | None, grid: dict | None) -> Suite:
@@ -525,16 +542,11 @@ def run(suite: Suite | None, models, tasks_dir: Path, out: Path, seeds=None, tas
     # Longest first (event tasks: a probe trains on every frame), so no long probe starts last.
     event = {t for t in healthy if _embedding_type(tasks_dir / t) == "event"}
     pairs = sorted(((m, t) for m in models for t in healthy), key=lambda mt: mt[1] not in event)
-    with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(predict, m, t, seeds, suite, out): (m, t) for m, t in pairs}
-        for fut in cf.as_completed(futures):
-            m, t = futures[fut]
-            for s, res in fut.result().items():
-                status[(m.name, t, f"seed{s}")] = res
-                if res[0] == "failed":
-                    log.error("%s / %s / seed %d probe failed: %s", m.name, t, s, res[1])
-            bar.set_postfix_str(f"{m.name} {t}")
-            bar.update(len(seeds))
+
+    def done(m, t, n):
+        bar.set_postfix_str(f"{m.name} {t}")
+        bar.update(n)
+    status.update(predict_all([(m, t, seeds) for m, t in pairs], suite, out, jobs, on_done=done))
     bar.close()
 
     report = bundle_report(status, wanted, problems, suite, models, seeds, tasks_dir, audio)

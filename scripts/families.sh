@@ -19,7 +19,6 @@ start=$SECONDS
 echo "== 1/4 building the mini suite in data/tasks"
 $PY -m eval_suites build mini --tasks-dir data/tasks --work data/mini_build
 
-
 echo "== 2/4 embeddings + MLP probe (adaptive seeds) + linear probe"
 $PY -m eval_suites families --tasks-dir data/tasks --out "$OUT"
 

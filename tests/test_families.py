@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from eval_suites import families as families_driver
+from eval_suites import runner
 from eval_suites.families import (HEAD_TO_HEAD, ROWS, SEED_CAP, SEED_STEP, TARGET_HALF_WIDTH, adaptive_seeding,
                                   comparison_pairs, complete_seeds, plan_seeds, resolve_rows)
 from eval_suites.runner import ModelSpec
@@ -98,7 +98,7 @@ def test_the_seeding_rounds_run_the_added_seeds_and_stop_asking_for_seeds_that_f
     for m in models:
         fake_predict(m, DRUMS, range(5), MINI, mlp)
     calls.clear()
-    monkeypatch.setattr(families_driver, "predict", fake_predict)
+    monkeypatch.setattr(runner, "predict", fake_predict)  # the probe process predict_all starts
     caplog.set_level("INFO")
     rounds, final, status = adaptive_seeding(models, MINI, mlp, jobs=1)
     final = {s.model: s for s in final}
