@@ -10,16 +10,18 @@ import torch
 from .baseline import BASELINES, LogMelBaseline
 from .checkpoint import baseline_config, load_checkpoint, make_config
 from .frontend import FrontendConfig
-from .presets import preset_encoder
+from .presets import family_of_config, preset_encoder
 from .runtime import HearSSAM, resolve_runtime
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "ssam_tiny.safetensors"
 RANDOM_INIT_SEED = 0
+PATCH_STRIDE_FAMILIES = ("ssast", "ssamba")  # whose papers fine-tune with overlapping patches
 
 
 def load_model(model_file_path: str = "", runtime: str | None = None,
                chunk_batch_size: int | None = None, window_seconds: float | None = None,
-               precision: str = "fp32", token_order: str | None = None) -> HearSSAM | LogMelBaseline:
+               precision: str = "fp32", token_order: str | None = None,
+               patch_stride=None) -> HearSSAM | LogMelBaseline:
     """A HEAR model in eval mode, from our .safetensors, an official .pth, or the default;
     "logmel" (or a file from `python -m hear_ssam init logmel FILE`) gives the log-mel
     baseline (no weights; the options do not apply to it).
@@ -38,7 +40,15 @@ def load_model(model_file_path: str = "", runtime: str | None = None,
     precision: "fp32" (default), or "fp16" / "bf16" autocast for the encoder (the official
     runtime embeds under fp16 autocast on GPU; outputs stay float32).
     token_order: the older spelling of runtime ("time-major" = "hear", "official" = "official").
-    Through heareval: --model-options '{"runtime": "official", "precision": "fp16"}'.
+    patch_stride: None keeps the checkpoint's patches (non-overlapping, as pretrained); an int s
+    steps s frames and s bins between patches, a (time, freq) pair (tuple or list) each, at most
+    the patch size. SSAST and SSAMBA only, whose papers fine-tune with overlapping patches
+    (stride 10 of 16: SSAMBA's 10.24 s become 12 x 101 = 1212 tokens instead of 512, about
+    2.4 times the tokens per window): the patch embedding keeps its weights and the positions
+    are resampled as in the official code (`SpectrogramEncoder.set_patch_stride`); the
+    checkpoint's own window only, and not with the SSAM-framework runtime="official" layout.
+    Through heareval: --model-options '{"runtime": "official", "precision": "fp16"}'
+    (a pair as a JSON list: '{"patch_stride": [10, 10]}').
     """
     if model_file_path in BASELINES:
         return LogMelBaseline().eval()
@@ -60,17 +70,52 @@ def load_model(model_file_path: str = "", runtime: str | None = None,
                              provenance={"weights": f"random init, seed {RANDOM_INIT_SEED}"})
     runtime = resolve_runtime(runtime, token_order, default=config["runtime"])
     frontend = FrontendConfig.from_dict(config["frontend"])
+    stride = None if patch_stride is None else patch_stride_of(patch_stride, encoder.cfg)
     window_frames = encoder.cfg.crop_frames if window_seconds is None else \
         window_frames_of(window_seconds, frontend, encoder.cfg.patch_time)
+    if stride is not None and window_frames != encoder.cfg.crop_frames:
+        raise ValueError(f"patch_stride resamples the positions of the pretraining window "
+                         f"({encoder.cfg.crop_frames * frontend.frame_ms / 1000:g} s), as the official "
+                         f"fine-tuning does; got window_seconds={window_seconds} as well: leave "
+                         f"window_seconds out, or patch_stride")
     if window_frames != encoder.cfg.crop_frames:
         if runtime == "official":
             raise ValueError(f"runtime='official' reproduces the released runtime, which only "
                              f"uses {encoder.cfg.crop_frames * frontend.frame_ms / 1000:g} s windows; "
                              f"got window_seconds={window_seconds} (use runtime='hear')")
         encoder.extend_window(window_frames)
+    if stride is not None and stride != (encoder.cfg.patch_stride_time, encoder.cfg.patch_stride_freq):
+        encoder.set_patch_stride(*stride)
+        config = dict(config, encoder=encoder.cfg.to_dict())  # the geometry that runs
     if chunk_batch_size is None:
         chunk_batch_size = max(1, round(3200 / encoder.cfg.crop_frames))
     return HearSSAM(encoder, runtime, chunk_batch_size, config, frontend=frontend, precision=precision).eval()
+
+
+def patch_stride_of(patch_stride, cfg) -> tuple[int, int]:
+    """(time, freq) stride of load_model's `patch_stride` (an int, or a (time, freq) tuple or
+    list) for an encoder config, checked against its family and patch size."""
+    family = family_of_config(cfg)
+    if family is None or family.name not in PATCH_STRIDE_FAMILIES:
+        name = family.name if family else f"a custom encoder ({cfg.block} blocks, {cfg.traversal} traversal)"
+        raise ValueError(f"patch_stride applies to SSAST and SSAMBA, whose papers fine-tune with overlapping "
+                         f"patches; {name} uses non-overlapping patches, as pretrained (leave patch_stride out)")
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if is_int(patch_stride):
+        stride = (patch_stride, patch_stride)
+    elif isinstance(patch_stride, (tuple, list)) and len(patch_stride) == 2 and all(map(is_int, patch_stride)):
+        stride = tuple(patch_stride)
+    else:
+        raise ValueError(f"patch_stride must be an int (both dimensions) or a (time, freq) pair of ints, "
+                         f"got {patch_stride!r}")
+    patch = (cfg.patch_time, cfg.patch_freq)
+    for s, p, dim, unit in zip(stride, patch, ("time", "frequency"), ("frames", "bins")):
+        if not 1 <= s <= p:
+            fix = tuple(min(max(1, a), b) for a, b in zip(stride, patch))
+            raise ValueError(f"patch_stride {patch_stride!r}: the {dim} stride {s} must be from 1 to the patch's "
+                             f"{p} {unit} ({cfg.patch_time} frames x {cfg.patch_freq} bins; a larger stride "
+                             f"would skip {unit}); give a (time, freq) pair such as {fix}")
+    return stride
 
 
 def window_frames_of(window_seconds, frontend: FrontendConfig, patch_time: int) -> int:

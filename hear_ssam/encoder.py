@@ -23,6 +23,12 @@ drop of a block's incoming hidden where it joins the residual, at block i's rate
 full rate; in a forward traversal mixer i's output is thus dropped at linspace(...)[i]. See
 `SpectrogramEncoder.__init__`; eval mode is unaffected.
 
+Overlapping patches (`patch_stride_time` / `patch_stride_freq` below the patch size; SSAST's
+and SSAMBA's fine-tuning geometry): a checkpoint pretrained on non-overlapping patches gets
+them with `SpectrogramEncoder.set_patch_stride`, which changes the convolution's stride and
+resamples the positions (`interpolate_positions`). They serve embeddings only: the
+pretraining targets (`patchify`) need each value in one patch.
+
 Traversals (`TRAVERSALS`): "forward" runs every block left to right; "alternate" flips the
 whole sequence (CLS included) around every odd block (AxLSTM); "flipped_pairs" runs each
 pair of blocks on the sequence and on its flip and adds the two streams (SSAMBA / Vim).
@@ -61,6 +67,10 @@ class EncoderConfig:
     patch_order: str = "time-major"  # token index t * n_f + f (SSAM), or "freq-major" f * n_t + t (SSAST)
     positions: str = "sincos"  # fixed 2-D sin-cos table (MAE), or "learned" (trunc-normal 0.02)
     final_norms: int = 1  # encoder_norm applications at the end (the released SSAMBA applies it twice)
+    # Patch step in frames / bins; None: the patch size (non-overlapping patches, as pretrained).
+    # SSAST and SSAMBA fine-tune with overlapping patches (stride 10 of 16); see `set_patch_stride`.
+    patch_stride_time: Optional[int] = None
+    patch_stride_freq: Optional[int] = None
 
     def __post_init__(self):
         if self.block not in BLOCKS:
@@ -69,8 +79,22 @@ class EncoderConfig:
             raise ValueError(f"traversal must be one of {sorted(TRAVERSALS)}, got {self.traversal!r}")
         if self.traversal == "flipped_pairs" and self.depth % 2:
             raise ValueError(f"traversal 'flipped_pairs' needs an even depth, got {self.depth}")
-        if self.crop_frames % self.patch_time or self.n_mels % self.patch_freq:
-            raise ValueError("crop_frames and n_mels must be multiples of the patch size")
+        # Resolved here (the dataclass is frozen) so that a config stored before the stride
+        # existed, or written without it, equals the preset it is.
+        for name, patch in (("patch_stride_time", "patch_time"), ("patch_stride_freq", "patch_freq")):
+            stride, size = getattr(self, name), getattr(self, patch)
+            if stride is None:
+                object.__setattr__(self, name, size)
+            elif isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= size:
+                unit = "frames" if patch == "patch_time" else "bins"
+                raise ValueError(f"{name} must be a whole number from 1 to {patch} ({size} {unit}), got {stride!r}: "
+                                 f"a stride above the patch would skip {unit} between patches; use at most {size}")
+        if not self.overlapping:
+            if self.crop_frames % self.patch_time or self.n_mels % self.patch_freq:
+                raise ValueError("crop_frames and n_mels must be multiples of the patch size")
+        elif self.crop_frames < self.patch_time or self.n_mels < self.patch_freq:
+            raise ValueError(f"a crop of {self.crop_frames} frames x {self.n_mels} bins holds no "
+                             f"{self.patch_time} x {self.patch_freq} patch")
         for name, allowed in (("patch_order", PATCH_ORDERS), ("positions", ("sincos", "learned"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -78,9 +102,16 @@ class EncoderConfig:
             raise ValueError(f"final_norms must be >= 1, got {self.final_norms}")
 
     @property
+    def overlapping(self) -> bool:
+        """Whether patches overlap (a stride below the patch size in either dimension)."""
+        return (self.patch_stride_time, self.patch_stride_freq) != (self.patch_time, self.patch_freq)
+
+    @property
     def grid(self) -> tuple[int, int]:
-        """(time, freq) patches per crop: (50, 5) for the paper's models."""
-        return self.crop_frames // self.patch_time, self.n_mels // self.patch_freq
+        """(time, freq) patches per crop: (50, 5) for the paper's models; (101, 12) for SSAMBA's
+        128 x 1024 at stride 10. Frames (bins) that do not fill a last patch are not covered."""
+        return ((self.crop_frames - self.patch_time) // self.patch_stride_time + 1,
+                (self.n_mels - self.patch_freq) // self.patch_stride_freq + 1)
 
     @property
     def num_patches(self) -> int:
@@ -155,14 +186,61 @@ def sincos_pos_embed_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(table).float().unsqueeze(0)
 
 
+def interpolate_positions(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                          patch_order: str) -> torch.Tensor:
+    """A position table [1, C + n_t * n_f, D] of `old_grid` resampled to `new_grid`
+    ([1, C + n_t' * n_f', D]); the C leading rows (CLS) are kept unchanged.
+
+    Grids are (time, freq) as `EncoderConfig.grid`; `patch_order` is the order of the table's
+    rows ("freq-major": f * n_t + t, SSAST / SSAMBA; "time-major": t * n_f + f, SSAM). The
+    recipe is the one SSAST's fine-tuning constructor applies (and SSAMBA, which reuses it)
+    when the patch stride or the input size changes: the patch rows as an image
+    [1, D, n_f, n_t] (freq x time); time first: centre columns [n_t/2 - n_t'/2, ... + n_t')
+    (integer halves) if the new grid is shorter, else bilinear resampling to (n_f, n_t'); then
+    frequency the same way to (n_f', n_t'); bilinear with align_corners=False, torch's
+    default, as there. (The official code writes the intermediate size as (8, n_t'), its
+    pretraining n_f, and ends its frequency crop at + n_t' where n_f' is meant; a crop needs a
+    coarser grid, which no stride <= patch gives.) A time-major table is resampled the same
+    way, through the same [D, F, T] image, so both orders give the same positions.
+    """
+    (p_t, p_f), (t, f) = old_grid, new_grid
+    n_cls = pos_embed.shape[1] - p_t * p_f
+    if pos_embed.ndim != 3 or pos_embed.shape[0] != 1 or n_cls < 0:
+        raise ValueError(f"pos_embed must be [1, C + {p_t} * {p_f}, D] for a {old_grid} grid, "
+                         f"got {tuple(pos_embed.shape)}")
+    if patch_order not in PATCH_ORDERS:
+        raise ValueError(f"patch_order must be one of {PATCH_ORDERS}, got {patch_order!r}")
+    D, dtype = pos_embed.shape[-1], pos_embed.dtype
+    rows = pos_embed[:, n_cls:].float()
+    if patch_order == "freq-major":
+        image = rows.transpose(1, 2).reshape(1, D, p_f, p_t)
+    else:
+        image = rows.reshape(1, p_t, p_f, D).permute(0, 3, 2, 1)
+    if t < p_t:
+        start = p_t // 2 - t // 2
+        image = image[:, :, :, start:start + t]
+    else:
+        image = nn.functional.interpolate(image, size=(p_f, t), mode="bilinear", align_corners=False)
+    if f < p_f:
+        start = p_f // 2 - f // 2
+        image = image[:, :, start:start + f, :]
+    else:
+        image = nn.functional.interpolate(image, size=(f, t), mode="bilinear", align_corners=False)
+    if patch_order == "freq-major":
+        rows = image.reshape(1, D, f * t).transpose(1, 2)
+    else:
+        rows = image.permute(0, 3, 2, 1).reshape(1, t * f, D)
+    return torch.cat([pos_embed[:, :n_cls], rows.to(dtype)], dim=1)
+
+
 class PatchEmbed(nn.Module):
-    """[B, 1, T, F] -> [B, T/pt * F/pf, D], tokens in the config's patch order."""
+    """[B, 1, T, F] -> [B, n_t * n_f, D] (n_t, n_f: `cfg.grid`), tokens in the config's patch order."""
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         k = (cfg.patch_time, cfg.patch_freq)
         self.freq_major = cfg.patch_order == "freq-major"
-        self.proj = nn.Conv2d(1, cfg.embed_dim, kernel_size=k, stride=k)
+        self.proj = nn.Conv2d(1, cfg.embed_dim, kernel_size=k, stride=(cfg.patch_stride_time, cfg.patch_stride_freq))
         nn.init.xavier_uniform_(self.proj.weight.view(cfg.embed_dim, -1))
         nn.init.zeros_(self.proj.bias)
 
@@ -270,6 +348,11 @@ class SpectrogramEncoder(nn.Module):
         first rows (the pretraining crop) are the stored ones, so a causal encoder's first 2 s
         are exactly what they were. Refused for positions that are not the fixed table.
         """
+        if self.cfg.overlapping:
+            raise ValueError("this model has overlapping patches (patch stride "
+                             f"{self.cfg.patch_stride_time} x {self.cfg.patch_stride_freq}), whose positions "
+                             "were resampled to its crop; use its window, or extend the window first and "
+                             "then set the stride")
         if self.cfg.positions != "sincos" or self.cfg.patch_order != "time-major":
             raise ValueError(f"this model's positions ({self.cfg.positions}, {self.cfg.patch_order} tokens) "
                              "cannot be extended to a longer window; use its pretraining window")
@@ -287,6 +370,38 @@ class SpectrogramEncoder(nn.Module):
         self.pos_embed = nn.Parameter(table.to(self.pos_embed.device, self.pos_embed.dtype), requires_grad=False)
         self.cfg = cfg
 
+    def set_patch_stride(self, stride_time: int, stride_freq: int, crop_frames: Optional[int] = None) -> None:
+        """Encode overlapping patches: step `stride_time` frames and `stride_freq` bins between
+        patches (at most the patch size; equal to it: nothing changes), in place; with
+        `crop_frames`, also windows of that many frames (SSAST's fine-tuning `target_length`:
+        the positions go from the pretraining grid to the new one in one resample, a shorter
+        window taking the centre columns, as SSAST's constructor does).
+
+        What SSAST's and SSAMBA's fine-tuning does with a checkpoint pretrained on
+        non-overlapping patches: the patch embedding keeps its weights and bias and only its
+        convolution's stride changes; the position table is resampled from the pretraining
+        grid to the new one by `interpolate_positions` (the CLS row kept). SSAMBA's 128 x 1024
+        at stride 10: 12 x 101 = 1212 tokens instead of 8 x 64 = 512. Nothing else is rebuilt.
+        Refused for a model that already has overlapping patches (its positions were resampled
+        once; load the checkpoint again) or whose positions do not cover its grid.
+        """
+        cfg = dataclasses.replace(self.cfg, patch_stride_time=stride_time, patch_stride_freq=stride_freq,
+                                  crop_frames=self.cfg.crop_frames if crop_frames is None else crop_frames)
+        if cfg == self.cfg:
+            return
+        if self.cfg.overlapping:
+            raise ValueError(f"this model already has overlapping patches (stride {self.cfg.patch_stride_time} x "
+                             f"{self.cfg.patch_stride_freq}) and positions resampled to them; set the stride "
+                             "on the checkpoint as pretrained (load it again)")
+        rows = 1 + self.cfg.num_patches
+        if self.pos_embed.shape[1] != rows:
+            raise ValueError(f"this model's positions have {self.pos_embed.shape[1]} rows, its {self.cfg.grid} "
+                             f"grid needs {rows} (CLS + patches); they cannot be resampled to another stride")
+        table = interpolate_positions(self.pos_embed.detach(), self.cfg.grid, cfg.grid, self.cfg.patch_order)
+        self.pos_embed = nn.Parameter(table, requires_grad=self.pos_embed.requires_grad)
+        self.patch_embed.proj.stride = (cfg.patch_stride_time, cfg.patch_stride_freq)
+        self.cfg = cfg
+
     def set_drop_path_generator(self, generator: Optional[torch.Generator]) -> None:
         """Draw the drop-path masks of the following training forwards from `generator` (a CPU
         generator makes them device-independent; None: the global RNG, as timm). A training
@@ -300,7 +415,7 @@ class SpectrogramEncoder(nn.Module):
         """Token k depends only on tokens <= k, and tokens are in time order (so later padding
         cannot change earlier time steps)."""
         return (self.cfg.traversal == "forward" and BLOCKS[self.cfg.block].causal
-                and self.cfg.patch_order == "time-major")
+                and self.cfg.patch_order == "time-major" and not self.cfg.overlapping)
 
     def _patch_axes(self):
         """Permutation of [B, n_t, pt, n_f, pf] to the patch order, then the pixel order."""
@@ -308,9 +423,18 @@ class SpectrogramEncoder(nn.Module):
         pixels = (4, 2) if self.pretraining.patch_pixel_order == "freq-major" else (2, 4)
         return (0, *tokens, *pixels)
 
+    def _require_non_overlapping(self, what: str) -> None:
+        if self.cfg.overlapping:
+            raise ValueError(f"{what}: pretraining needs non-overlapping patches (each spectrogram value "
+                             f"in one target), but this model steps {self.cfg.patch_stride_time} frames x "
+                             f"{self.cfg.patch_stride_freq} bins between {self.cfg.patch_time} x "
+                             f"{self.cfg.patch_freq} patches; pretrain the checkpoint as loaded, without "
+                             "patch_stride")
+
     def patchify(self, spec):
         """[B, 1, T, F] -> [B, N, pt*pf] targets: patches in the token order, each patch's values
         in `patch_pixel_order` (time-major t * pf + f, or SSAST's freq-major f * pt + t)."""
+        self._require_non_overlapping("patchify")
         n_t, n_f = self.cfg.grid
         pt, pf = self.cfg.patch_time, self.cfg.patch_freq
         x = spec.reshape(spec.shape[0], n_t, pt, n_f, pf)
@@ -318,6 +442,7 @@ class SpectrogramEncoder(nn.Module):
 
     def unpatchify(self, patches):
         """[B, N, pt*pf] (patchify's layout) -> [B, 1, T, F]; the inverse of `patchify`."""
+        self._require_non_overlapping("unpatchify")
         n_t, n_f = self.cfg.grid
         pt, pf = self.cfg.patch_time, self.cfg.patch_freq
         axes = self._patch_axes()
@@ -327,7 +452,8 @@ class SpectrogramEncoder(nn.Module):
         return x.permute(*inverse).reshape(patches.shape[0], 1, n_t * pt, n_f * pf)
 
     def tokens_to_grid(self, tokens):
-        """[B, N, D] patch tokens (CLS dropped) -> [B, n_t, n_f, D], whatever the patch order."""
+        """[B, N, D] patch tokens (CLS dropped) -> [B, n_t, n_f, D], whatever the patch order
+        (n_f from `cfg.grid`; n_t = N / n_f, fewer than the grid's for a causal prefix)."""
         B, N, D = tokens.shape
         n_f = self.cfg.grid[1]
         if self.cfg.patch_order == "freq-major":
@@ -371,11 +497,13 @@ class SpectrogramEncoder(nn.Module):
     def encode_masked(self, spec, mask):
         """Pretraining forward: the final tokens [B, 1 + N, D] (CLS first) of a masked crop,
         for the heads (`pred`, `cpred`) to read."""
+        self._require_non_overlapping("encode_masked")
         self._check_input(spec)
         return self.forward_blocks(self.embed(spec, mask))
 
     def reconstruct(self, spec, mask):
         """Pretraining forward: predicted patches [B, N, patch_dim] from a masked crop."""
+        self._require_non_overlapping("reconstruct")
         return self.pred(self.encode_masked(spec, mask))[:, 1:]
 
     def _check_input(self, spec, allow_prefix=False):

@@ -7,6 +7,16 @@ step longer than 50 ms (SSAMBA's 16-frame patches: 160 ms) is repeated onto a re
 at most 50 ms, as HEAR asks. Timestamps are the centres of the feature frames each output
 frame covers, and only frames centred inside the clip are returned.
 
+Overlapping patches (`load_model(patch_stride=...)`, SSAST / SSAMBA; stride s < patch p in
+time): time step t covers feature frames [t * s, t * s + p), centred at frame t * s + p / 2,
+and owns the s frames centred on it, [t * s + (p - s) / 2, ...), which its repeated output
+frames split evenly (SSAMBA at stride 10: 100 ms steps, 2 frames of 50 ms). Windows of the
+crop then start every n_t * s frames (n_t: time steps per window; every 1010 of SSAMBA's
+1024 frames), so that the steps continue one regular grid across windows: step t of the
+clip is step t % n_t of window t // n_t. Consecutive windows share crop - n_t * s frames
+(SSAMBA: 14, which the earlier window's last patch covers only in part). With
+non-overlapping patches s = p and windows start every crop, as above.
+
 Runtimes (`load_model(runtime=...)`; each family's choice of frame layout and scene
 pooling is data, `presets.Family.runtimes`):
 
@@ -118,6 +128,10 @@ class HearSSAM(nn.Module):
         if frame_layout == "released" and encoder.cfg.patch_order != "time-major":
             raise ValueError(f"runtime={runtime!r} reproduces the released SSAM/AxLSTM runtime's reshape "
                              "of time-major tokens; this model's tokens are frequency-major (use runtime='hear')")
+        if frame_layout == "released" and encoder.cfg.overlapping:
+            raise ValueError(f"runtime={runtime!r} reproduces the released SSAM/AxLSTM runtime, which has "
+                             "non-overlapping patches; this model's patches overlap (use runtime='hear', or "
+                             "load without patch_stride)")
         self.config = dict(config or {})
         if frontend is None:
             frontend = FrontendConfig.from_dict(self.config["frontend"]) if "frontend" in self.config \
@@ -149,30 +163,55 @@ class HearSSAM(nn.Module):
         self.timestamp_embedding_size = int(cfg.frame_embedding_size)
         self.scene_embedding_size = int(cfg.frame_embedding_size if scene_pooling == "frames" else cfg.embed_dim)
         # Output frames per patch time step, so that the hop is at most 50 ms (1 for 4-frame patches).
-        step_ms = frontend.frame_ms * cfg.patch_time
+        stride = cfg.patch_stride_time  # frames between time steps (the patch time unless patches overlap)
+        step_ms = frontend.frame_ms * stride
         self.frame_repeat = math.ceil(step_ms / MAX_HOP_MS - 1e-9)
-        if cfg.patch_time % self.frame_repeat:
+        if not cfg.overlapping and cfg.patch_time % self.frame_repeat:
             raise ValueError(f"patches of {cfg.patch_time} frames cannot be split into {self.frame_repeat} "
                              "equal output frames")
-        self.frames_per_output = cfg.patch_time // self.frame_repeat  # feature frames per output frame
+        # Feature frames per output frame; with overlapping patches an odd stride may split into
+        # fractional frames (stride 7 at 10 ms: 2 frames of 35 ms), which only the timestamps see.
+        self.frames_per_output = stride // self.frame_repeat if stride % self.frame_repeat == 0 \
+            else stride / self.frame_repeat
         self.frame_hop_ms = step_ms / self.frame_repeat  # 40 ms
-        # Output frame i covers feature frames [i * k, i * k + k) (k = frames_per_output):
-        # for SSAM's centred STFT, frames 4i..4i+3, centred at (4i + 1.5) * 10 ms.
+        # Where step 0's own frames start: (p - s) / 2 centres them on its patch (0: no overlap).
+        self.first_output_frame = (cfg.patch_time - stride) / 2 if cfg.overlapping else 0
+        # Output frame i covers feature frames [f0 + i * k, f0 + i * k + k) (k = frames_per_output,
+        # f0 = first_output_frame): for SSAM's centred STFT, frames 4i..4i+3, centred at
+        # (4i + 1.5) * 10 ms.
         self.frame_offset_ms = self.frontend.first_frame_centre_ms + frontend.frame_ms * (self.frames_per_output - 1) / 2
+        if self.first_output_frame:
+            self.frame_offset_ms += frontend.frame_ms * self.first_output_frame
+        # Windows start every n_t * stride frames: the crop, unless patches overlap.
+        self.window_hop_frames = cfg.grid[0] * stride
 
     @property
     def device(self) -> torch.device:
         return self.encoder.cls_token.device
 
     def chunk_frames(self, spec: torch.Tensor, pad: int) -> torch.Tensor:
-        """[n, 1, T, F] -> [n * C, 1, crop, F]: zero-pad `pad` frames, split into windows.
+        """[n, 1, T, F] -> [n * C, 1, crop, F]: zero-pad `pad` frames, split into windows that
+        start every `window_hop_frames` (the crop; less with overlapping patches).
 
         Chunks are encoded independently (no state is carried across them), as in the paper.
         """
-        crop = self.encoder.cfg.crop_frames
+        crop, hop = self.encoder.cfg.crop_frames, self.window_hop_frames
         spec = nn.functional.pad(spec, (0, 0, 0, pad), value=self.pad_value)
         n, _, Tp, F = spec.shape
-        return spec.view(n, 1, Tp // crop, crop, F).transpose(1, 2).reshape(-1, 1, crop, F)
+        if hop == crop:
+            return spec.view(n, 1, Tp // crop, crop, F).transpose(1, 2).reshape(-1, 1, crop, F)
+        windows = spec.unfold(2, crop, hop)  # [n, 1, C, F, crop]
+        return windows.permute(0, 2, 1, 4, 3).reshape(-1, 1, crop, F)
+
+    def padding_frames(self, n_frames: int) -> int:
+        """Frames to append to a clip of `n_frames` feature frames so that whole windows hold
+        every time step that starts inside the clip."""
+        cfg = self.encoder.cfg
+        if self.window_hop_frames == cfg.crop_frames:
+            return (-n_frames) % cfg.crop_frames
+        steps = math.ceil(n_frames / cfg.patch_stride_time)
+        windows = math.ceil(steps / cfg.grid[0])
+        return (windows - 1) * self.window_hop_frames + cfg.crop_frames - n_frames
 
     def tokens_to_frames(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, N, D] encoded patches -> [B, n_t, n_f * D] frames (one per time step)."""
@@ -202,7 +241,8 @@ class HearSSAM(nn.Module):
         if self.frame_layout == "released":  # always pads, a whole extra chunk if T % crop == 0
             return self.encode(self.chunk_frames(spec, crop - T % crop)).reshape(n, -1, self.timestamp_embedding_size)
         if not self.encoder.is_causal:
-            return self.encode(self.chunk_frames(spec, (-T) % crop)).reshape(n, -1, self.timestamp_embedding_size)
+            chunks = self.chunk_frames(spec, self.padding_frames(T))
+            return self.encode(chunks).reshape(n, -1, self.timestamp_embedding_size)
         # Causal encoder: the last chunk's padding cannot change its real tokens, so encode
         # that chunk cut to its real frames (rounded up to whole patches).
         n_full = (T - 1) // crop
@@ -253,7 +293,8 @@ class HearSSAM(nn.Module):
     def n_frames(self, n_samples: int) -> int:
         """Frames whose centre lies inside the clip (so the last is within one hop of the end)."""
         return centred_frame_count(n_samples, self.sample_rate, self.frontend.n_frames(n_samples),
-                                   self.frames_per_output, self.frame_offset_ms, self.frame_hop_ms)
+                                   self.frames_per_output, self.frame_offset_ms, self.frame_hop_ms,
+                                   first_frame=self.first_output_frame)
 
 
 def centred_timestamps(n_frames: int, offset_ms: float, hop_ms: float, duration_ms: float) -> torch.Tensor:
@@ -263,11 +304,12 @@ def centred_timestamps(n_frames: int, offset_ms: float, hop_ms: float, duration_
     return stamps.clamp(max=duration_ms / 2) if n_frames == 1 else stamps
 
 
-def centred_frame_count(n_samples: int, sample_rate: int, n_feature_frames: int, frames_per_output: int,
-                        offset_ms: float, hop_ms: float) -> int:
+def centred_frame_count(n_samples: int, sample_rate: int, n_feature_frames: int, frames_per_output: float,
+                        offset_ms: float, hop_ms: float, first_frame: float = 0) -> int:
     """Output frames of a clip: those whose centre (offset_ms + i * hop_ms) lies inside it and
-    that have feature frames under them; at least one (HEAR wants a frame for any clip)."""
+    that have feature frames under them (output frame i covers feature frames from
+    first_frame + i * frames_per_output); at least one (HEAR wants a frame for any clip)."""
     duration_ms = 1000.0 * n_samples / sample_rate
-    available = math.ceil(n_feature_frames / frames_per_output)
+    available = math.ceil((n_feature_frames - first_frame) / frames_per_output)
     inside = math.floor((duration_ms - offset_ms) / hop_ms) + 1
     return max(1, min(available, inside))

@@ -139,13 +139,37 @@ class OfficialAxLSTM(nn.Module):
         return rearrange(x[:, 1:], "b (f t) d -> b t (f d)", f=5, d=self.embed_dim)
 
 
+def official_finetuning_pos_embed(pos_embed, p_f_dim, p_t_dim, f_dim, t_dim, cls_token_num=1):
+    """SSAST's fine-tuning constructor (which SSAMBA reuses) on a pretrained position table
+    [1, cls + p_f * p_t, D] of frequency-major tokens: the patch rows as [1, D, p_f, p_t], time
+    cut to its centre columns or bilinearly resized to (p_f, t) (the official code writes 8 for
+    p_f), then frequency the same way to (f, t), flattened back and the CLS row(s) put first."""
+    D = pos_embed.shape[-1]
+    grid = pos_embed[:, cls_token_num:].detach().reshape(1, p_f_dim * p_t_dim, D).transpose(1, 2)
+    grid = grid.reshape(1, D, p_f_dim, p_t_dim)
+    if t_dim < p_t_dim:
+        lo = int(p_t_dim / 2) - int(t_dim / 2)
+        grid = grid[:, :, :, lo:lo + t_dim]
+    else:
+        grid = F.interpolate(grid, size=(p_f_dim, t_dim), mode="bilinear")
+    if f_dim < p_f_dim:
+        lo = int(p_f_dim / 2) - int(f_dim / 2)
+        grid = grid[:, :, lo:lo + f_dim, :]
+    else:
+        grid = F.interpolate(grid, size=(f_dim, t_dim), mode="bilinear")
+    grid = grid.reshape(1, D, f_dim * t_dim).transpose(1, 2)
+    return torch.cat([pos_embed[:, :cls_token_num].detach(), grid], dim=1)
+
+
 class OfficialSSAMBA(nn.Module):
     """SSAMBA's released forward restated over its own state dict, keys as
     released (`v.*`, DataParallel prefix stripped): Kaldi fbank of the mean-removed clip, padded
     with zeros or cut to `frames`, normalised (x + 4.2677393) / (2 * 4.5689974); SSAST's patch
     embedding of [B, 1, F, T] (frequency-major tokens); CLS first; learned positions; pairs of
     bimamba layers on the sequence and its flip with the streams added; norm_f twice. Returns
-    the tokens after the final norms [B, 1 + N, D]; `ft_avgtok` is their non-CLS mean."""
+    the tokens after the final norms [B, 1 + N, D]; `ft_avgtok` is their non-CLS mean.
+    Fine-tuning with overlapping patches (`forward_tokens(..., fstride=, tstride=)`): the
+    pretrained 16 x 16 kernel at the new stride, positions by `official_finetuning_pos_embed`."""
 
     def __init__(self, state, mixer_cls, depth, d_state=16):
         super().__init__()
@@ -171,13 +195,15 @@ class OfficialSSAMBA(nn.Module):
         normed = F.layer_norm(r, r.shape[-1:], s[f"v.layers.{i}.norm.weight"], s[f"v.layers.{i}.norm.bias"], eps=1e-5)
         return self.mixers[i](normed), r
 
-    def forward_tokens(self, fbank, drop_path_rate=0.0, generator=None):
+    def forward_tokens(self, fbank, drop_path_rate=0.0, generator=None, fstride=16, tstride=16):
         """Tokens [B, 1 + N, D]; with drop_path_rate > 0, a training forward with Vim's stochastic
         depth (vim/models_mamba.py): layer i's Block drops the hidden it receives at
         inter_dpr[i] = ([0] + linspace(0, rate, depth))[i] (not at the first pair, whose residual
         is None), both layers of a pair with their own draw (the forward layer first), and the
         final add drops the last pair's hidden at the full rate. Each drop: one draw per sample
-        from `generator`, kept samples scaled by 1 / (1 - p) (timm's DropPath)."""
+        from `generator`, kept samples scaled by 1 / (1 - p) (timm's DropPath). fstride /
+        tstride: the patch split stride of fine-tuning (16: the pretraining one, positions as
+        stored; the official resize at equal size is the identity)."""
         inter_dpr = [0.0] + torch.linspace(0, drop_path_rate, self.depth).tolist()
 
         def drop(t, i, p=None):
@@ -188,9 +214,14 @@ class OfficialSSAMBA(nn.Module):
             return t * (kept.float() / (1 - p)).view(-1, 1, 1)
         s = self.state
         x = fbank.unsqueeze(1).transpose(2, 3)  # [B, 1, 128, T]
-        x = F.conv2d(x, s["v.patch_embed.proj.weight"], s["v.patch_embed.proj.bias"], stride=16)
-        x = x.flatten(2).transpose(1, 2)  # [B, 8 * T / 16, D], index f * n_t + t
-        x = torch.cat([s["v.cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + s["v.pos_embed"]
+        x = F.conv2d(x, s["v.patch_embed.proj.weight"], s["v.patch_embed.proj.bias"], stride=(fstride, tstride))
+        f_dim, t_dim = x.shape[2:]
+        x = x.flatten(2).transpose(1, 2)  # [B, f_dim * t_dim, D], index f * t_dim + t
+        pos = s["v.pos_embed"]
+        if (fstride, tstride) != (16, 16):
+            p_f_dim = 128 // 16
+            pos = official_finetuning_pos_embed(pos, p_f_dim, (pos.shape[1] - 1) // p_f_dim, f_dim, t_dim)
+        x = torch.cat([s["v.cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + pos
         h, r = x, None
         for i in range(0, self.depth, 2):
             h_f, r_f = self.layer(i, h, r, drop)
