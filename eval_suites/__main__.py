@@ -1,4 +1,4 @@
-"""python -m eval_suites {list, build mini, run [SUITE], families}
+"""python -m eval_suites {list, build mini, run [SUITE], families, finetune}
 
     python -m eval_suites list
     python -m eval_suites build mini --tasks-dir tasks/
@@ -7,6 +7,7 @@
     python -m eval_suites run --model logmel --model default --tasks-dir any_bundles/ --out runs/any
     python -m eval_suites families --tasks-dir data/tasks --out runs/families
     python -m eval_suites families --list-checkpoints
+    python -m eval_suites finetune --tasks-dir data/tasks --model ssam=ssam.safetensors --out runs/ft --seeds 0 1 2
 
 `run` without a SUITE evaluates every bundle in --tasks-dir with heareval's own protocol
 (its PARAM_GRID, 8 grid points, seed 42); --protocol, --grid-json and --seeds replace the
@@ -17,6 +18,11 @@ is reported, not a failure), 2 for bad arguments.
 `families` runs the families comparison on the mini suite (eval_suites/families.py: its rows,
 the MLP probe with adaptive seeding, the linear probe); `--list-checkpoints` prints NAME=CKPT
 of its rows that have weights, one a line, for the efficiency benchmark.
+
+`finetune` trains a checkpoint end to end on each scene bundle of --tasks-dir (SSAST's recipe,
+eval_suites/finetune.py, docs/finetuning.md) and writes heareval's score files under
+OUT/NAME-finetuned/ (NAME=CKPT names the row), so `python -m results aggregate` shows
+fine-tuned and frozen rows side by side. Resumable: run the same command again.
 """
 from __future__ import annotations
 
@@ -58,6 +64,30 @@ def main(argv=None):
     f.add_argument("--jobs", type=int, help="probe processes in parallel (default: cores, max 4)")
     f.add_argument("--list-checkpoints", action="store_true",
                    help="print NAME=CKPT of the rows with weights (optional rows only when present) and exit")
+    t = sub.add_parser("finetune", help="fine-tune a checkpoint end to end on HEAR bundles with clip labels")
+    t.add_argument("--tasks-dir", type=Path, required=True, help="a folder of HEAR bundles")
+    t.add_argument("--model", required=True, help="CKPT or NAME=CKPT (the row is NAME-finetuned; NAME defaults to CKPT's stem)")
+    t.add_argument("--out", type=Path, required=True, help="runs folder (the frozen runs may live there too)")
+    t.add_argument("--task", action="append", help="only these bundles (an event bundle named here is an error)")
+    t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    from .finetune_recipe import Recipe
+    defaults = Recipe()
+    for field, kind, text in (
+            ("epochs", int, "training epochs per split"), ("batch_size", int, "clips per step (all processes)"),
+            ("lr", float, "the encoder's learning rate"), ("head_lr_factor", float, "the head's lr = lr x this"),
+            ("weight_decay", float, "Adam's L2 term"), ("lr_decay_start", int, "first epoch (1-based) after which lr decays"),
+            ("lr_decay", float, "lr factor per epoch from lr_decay_start on"), ("warmup_steps", int, "linear warm-up steps"),
+            ("lr_floor", float, "stop once lr < lr x this after epoch 10, as SSAST"),
+            ("freq_mask", float, "SpecAugment: widest frequency mask, as a share of the bins"),
+            ("time_mask", float, "SpecAugment: widest time mask, as a share of the window"),
+            ("mixup", float, "probability that a training clip is mixed with another"),
+            ("pooling", str, "auto, tokens (ft_avgtok) or frames (the scene embedding)"),
+            ("patch_stride", str, "auto (SSAST/SSAMBA: 10), none, S, or T,F in frames,bins"),
+            ("window_seconds", float, "window length (0: the bundle's clip length where positions extend)"),
+            ("loss", str, "auto, ce or bce"), ("precision", str, "auto, fp32, bf16 or fp16")):
+        t.add_argument("--" + field.replace("_", "-"), type=kind, default=getattr(defaults, field),
+                       help=f"{text} (default {getattr(defaults, field)})")
+    t.add_argument("--no-noise", action="store_true", help="leave out SSAST's noise and roll augmentation")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -78,6 +108,24 @@ def main(argv=None):
                 raise ValueError("families needs --tasks-dir (the built mini suite) and --out (a runs folder)")
             status = run_families(a.tasks_dir, a.out, jobs=a.jobs)
             return 1 if any(state in FAILED_STATES for state, _ in status.values()) else 0
+        elif a.cmd == "finetune":
+            import dataclasses
+            from .finetune import finetune
+            from .finetune_recipe import FinetuneError, Recipe
+            from .runner import ModelSpec
+            spec = ModelSpec.parse(a.model if "=" in a.model else f"{Path(a.model).stem}={a.model}")
+            if not spec.name.endswith("-finetuned"):  # the row says what it is in every table and CSV
+                spec = dataclasses.replace(spec, name=spec.name + "-finetuned")
+            recipe = Recipe(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Recipe)
+                               if f.name not in ("noise", "betas")}, noise=not a.no_noise)
+            try:
+                status = finetune(spec, a.tasks_dir, a.out, recipe, seeds=a.seeds, tasks=a.task)
+            except FinetuneError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            skipped = [b for (b, seed), state in status.items() if seed is None]
+            return 1 if any(not status[(b, None)].startswith("skipped: bundle " + b + " is an event")
+                            for b in skipped) else 0
         elif a.cmd == "build":
             from .build import build
             build(a.tasks_dir, a.work)

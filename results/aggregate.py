@@ -119,7 +119,7 @@ def collect(runs: Path, models=None) -> pd.DataFrame:
                      "seed": int(seed_dir[4:]), "score": value, "checkpoint": _repo_relative(meta.get("checkpoint", "")),
                      "weights_sha256": meta.get("weights_sha256") or "",
                      "date": meta.get("date", ""), "baseline": bool(meta.get("baseline", False)),
-                     "suite": meta.get("suite", "")})
+                     "finetuned": bool(meta.get("finetuned", False)), "suite": meta.get("suite", "")})
     return pd.DataFrame(rows)
 
 
@@ -222,15 +222,23 @@ def _baselines(raw: pd.DataFrame) -> set:
     return set(raw.loc[raw["baseline"], "model"]) if "baseline" in raw else set()
 
 
-def display_name(model: str, baselines: set) -> str:
-    return f"{model} (baseline)" if model in baselines else model
+def _finetuned(raw: pd.DataFrame) -> set:
+    return set(raw.loc[raw["finetuned"], "model"]) if "finetuned" in raw else set()
+
+
+def display_name(model: str, baselines: set, finetuned: set = frozenset()) -> str:
+    """The row's name in tables and charts: baselines and fine-tuned rows (`python -m eval_suites
+    finetune`, trained end to end rather than probed frozen) say so."""
+    if model in baselines:
+        return f"{model} (baseline)"
+    return f"{model} (fine-tuned)" if model in finetuned and not model.endswith("-finetuned") else model
 
 
 def markdown(table: pd.DataFrame, overall_table: pd.DataFrame, raw: pd.DataFrame) -> str:
     """leaderboard.md: model rows ranked by s(m), `mean ± ci95` per task, best mean in bold."""
     labels = [c for c in column_order(raw) if c in set(table["label"])]
     cells = table.set_index(["model", "label"])
-    baselines = _baselines(raw)
+    baselines, finetuned = _baselines(raw), _finetuned(raw)
     models = list(overall_table["model"]) + sorted(set(table["model"]) - set(overall_table["model"]))
     best = {}
     for label in labels:
@@ -244,7 +252,7 @@ def markdown(table: pd.DataFrame, overall_table: pd.DataFrame, raw: pd.DataFrame
              "|:--" + "|--:" * (len(head) - 1) + "|"]
     ov = overall_table.set_index("model")
     for m in models:
-        row = [display_name(m, baselines)]
+        row = [display_name(m, baselines, finetuned)]
         for label in labels:
             if (m, label) not in cells.index:
                 row.append("")
@@ -269,10 +277,13 @@ def markdown(table: pd.DataFrame, overall_table: pd.DataFrame, raw: pd.DataFrame
     if baselines:
         lines += ["", f"Baseline: {', '.join(sorted(baselines))} (no learned weights): the floor a model's "
                       f"row is read against."]
+    if finetuned:
+        lines += ["", f"Fine-tuned: {', '.join(sorted(finetuned))} (trained end to end on each task, "
+                      f"docs/finetuning.md); the other rows are frozen embeddings under heareval's probe."]
     return "\n".join(lines) + "\n"
 
 
-def plot(table: pd.DataFrame, path: Path, baselines: set = frozenset(), labels=None):
+def plot(table: pd.DataFrame, path: Path, baselines: set = frozenset(), labels=None, finetuned: set = frozenset()):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -291,7 +302,7 @@ def plot(table: pd.DataFrame, path: Path, baselines: set = frozenset(), labels=N
         top = max(top, float(np.nanmax(sub["mean"].values)) if sub["mean"].notna().any() else 0)
         if m in baselines:
             ax.bar(x, sub["mean"], width, yerr=yerr, capsize=3, color="0.82", edgecolor="0.35", hatch="//",
-                   linewidth=0.6, label=display_name(m, baselines))
+                   linewidth=0.6, label=display_name(m, baselines, finetuned))
             # The floor across each task's whole group of bars, to read the others against.
             labelled = False
             for j, v in enumerate(sub["mean"]):
@@ -329,7 +340,7 @@ def aggregate(runs: Path, out: Path, url: str = "", date: str | None = None, mod
     over.to_csv(files["overall"], index=False, float_format="%.4f")
     models_table(raw).to_csv(files["models"], index=False)
     files["markdown"].write_text(markdown(table, over, raw))
-    plot(table, files["chart"], _baselines(raw), column_order(raw))
+    plot(table, files["chart"], _baselines(raw), column_order(raw), _finetuned(raw))
     if REFERENCES.exists():
         refs = pd.read_csv(REFERENCES)
         refs[refs.task.isin(table.label)].to_csv(out / "reference_rows.csv", index=False)
