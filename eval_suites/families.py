@@ -101,7 +101,7 @@ ROWS = (
 )
 # Head-to-head pairs compared besides each model with its random init and with the baseline
 # (a pair is compared when both rows ran).
-HEAD_TO_HEAD = (("ssam-tiny", "ssast-tiny"), ("ssam-tiny", "ssast-tiny-posmask"))
+HEAD_TO_HEAD = (("ssam-tiny", "ssast-tiny"), ("ssam-tiny", "ssast-tiny-posmask"), ("ssast-tiny-posmask", "ssast-tiny"))
 
 
 def comparison_pairs(names, rows=ROWS) -> list:

@@ -11,7 +11,7 @@ import pytest
 from safetensors import safe_open
 
 from hear_ssam.api import DEFAULT_CHECKPOINT
-from hear_ssam.checkpoint import METADATA_KEY
+from hear_ssam.checkpoint import METADATA_KEY, split_pretraining
 from pretrain.config import load_config
 
 pytestmark = pytest.mark.audit
@@ -73,6 +73,16 @@ def test_the_first_stages_record_one_budget_and_recipe():
     first, *rest = recipes.values()
     assert all(r == first for r in rest), recipes
     assert first["clips_seen"] == CROPS_PER_STAGE
+
+
+def test_the_positioned_mask_token_row_differs_from_ssast_tiny_only_in_its_mask_tokens():
+    """The families comparison's SSAST-recipe row: ssast-tiny's first stage, same recipe and
+    budget, with the mask tokens given their patch's position."""
+    own, framework = CHECKPOINTS / "ssast_tiny_cpu_posmask.safetensors", first_stage("ssast-tiny")
+    assert provenance(own)["preset"] == "ssast-tiny" and recipe(own) == recipe(framework)
+    position = lambda path: split_pretraining(file_config(path)).get("pretraining", {}).get(  # noqa: E731
+        "mask_token_position", False)  # files older than the "pretraining" section: SSAM's default
+    assert position(own) is True and position(framework) is False
 
 
 def test_ssambas_first_stage_saw_the_same_hours_of_crops_from_the_same_corpus():

@@ -163,13 +163,13 @@ class Arch:
 
     @property
     def label(self):
-        return self.preset or self.names[0]
+        return self.names[0]
 
 
 def load_archs(specs):
     import hear_ssam
     from hear_ssam.frontend import FrontendConfig
-    from hear_ssam.presets import family_of_config, preset_name
+    from hear_ssam.presets import PRESETS, family_of_config, preset_name
     archs, rows = {}, []
     for spec in specs:
         name, sep, ckpt = spec.partition("=")
@@ -185,8 +185,12 @@ def load_archs(specs):
                          sort_keys=True, default=str)
         if key not in archs:
             fam = family_of_config(enc.cfg)
-            archs[key] = Arch(key, [], ckpt, model, preset_name(enc.cfg, enc.pretraining),
-                              fam.name if fam else enc.cfg.block)
+            # The preset whose architecture this is: what bench_length builds for the window points.
+            # An encoder's inference does not read its pretraining options, so a row trained with
+            # other options (ssast-tiny-posmask's positioned mask tokens) measures as its preset.
+            arch = preset_name(enc.cfg, enc.pretraining) or next(
+                (n for n, cfg in PRESETS.items() if cfg == enc.cfg), None)
+            archs[key] = Arch(key, [], ckpt, model, arch, fam.name if fam else enc.cfg.block)
         archs[key].names.append(name)
         rows.append((name, ckpt, archs[key]))
         log.info("%s: %s, %s", name, archs[key].preset or "no preset", ckpt)
