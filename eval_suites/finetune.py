@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -49,7 +48,7 @@ from tqdm import tqdm
 from pretrain.seeds import derive_seed
 
 from .finetune_recipe import FinetuneError, Recipe, parse_patch_stride
-from .runner import SCORES, ModelSpec, _audio_source
+from .runner import SCORES, ModelSpec, _audio_source, _weights_sha256
 
 log = logging.getLogger("eval_suites.finetune")
 STATE_FORMAT = "hear_ssam-finetune/1"
@@ -495,29 +494,18 @@ def finetune_split(spec: ModelSpec, recipe: Recipe, bundle: Bundle, split: dict,
 # ------------------------------------------------------------------ the command
 
 def _aggregate(results: dict) -> dict:
-    """heareval's aggregated_scores: <score>_mean / _std over folds (pandas' sample std)."""
-    import pandas as pd
-    frame = pd.DataFrame.from_dict({k: {s: v for s, v in r.items() if isinstance(v, (int, float))}
-                                    for k, r in results.items()}, orient="index")
-    out = {}
-    for col in frame:
-        out[f"{col}_mean"], out[f"{col}_std"] = float(frame[col].mean()), float(frame[col].std())
-    return out
+    """heareval's aggregated_scores (<score>_mean / _std over folds) of the splits' numeric entries."""
+    from heareval.predictions.task_predictions import aggregate_test_results
+    return aggregate_test_results({k: {s: v for s, v in r.items() if isinstance(v, (int, float))}
+                                   for k, r in results.items()})
 
 
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_model_folder(spec: ModelSpec, recipe: Recipe, folder: Path) -> None:
-    """Refuse a folder holding runs of another checkpoint or recipe (their scores would mix)."""
+def check_model_folder(weights: str, recipe: Recipe, folder: Path) -> None:
+    """Refuse a folder holding runs of other weights (sha256 `weights`) or another recipe (their
+    scores would mix)."""
     path = folder / "model.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    if old and old.get("weights_sha256") != _sha256(spec.path):
+    if old and old.get("weights_sha256") != weights:
         raise FinetuneError(f"{folder} holds fine-tuning runs of another checkpoint; give another name (NAME=CKPT) "
                             "or another --out")
     if old and old.get("recipe") != json.loads(json.dumps(recipe.to_dict())):
@@ -525,12 +513,12 @@ def check_model_folder(spec: ModelSpec, recipe: Recipe, folder: Path) -> None:
                             "give another name (NAME=CKPT) or another --out, or rerun with the same flags")
 
 
-def write_model_json(spec: ModelSpec, recipe: Recipe, folder: Path):
-    """NAME/model.json: which weights, that the row is fine-tuned, and the recipe."""
+def write_model_json(spec: ModelSpec, weights: str, recipe: Recipe, folder: Path):
+    """NAME/model.json: which weights (file and sha256), that the row is fine-tuned, and the recipe."""
     path = folder / "model.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"name": folder.name, "checkpoint": spec.path, "weights_sha256": _sha256(spec.path),
+    path.write_text(json.dumps({"name": folder.name, "checkpoint": spec.path, "weights_sha256": weights,
                                 "baseline": False, "finetuned": True, "suite": None,
                                 "protocol": "fine-tuned end to end (docs/finetuning.md)", "recipe": recipe.to_dict(),
                                 "date": old.get("date") or time.strftime("%Y-%m-%d")}, indent=1))
@@ -540,6 +528,24 @@ def _diff(old: dict, recipe: Recipe) -> str:
     new = json.loads(json.dumps(recipe.to_dict()))
     return ", ".join(f"--{k.replace('_', '-')}: {old.get(k)!r} -> {v!r}" for k, v in new.items()
                      if old.get(k) != v) or "unknown"
+
+
+def read_bundles(paths, tasks_dir: Path, out: Path, strict: bool):
+    """(bundles, {(name, None): "skipped: why"}): every bundle checked before any training starts.
+    `strict` (bundles named by --task): a bundle that cannot be fine-tuned is an error."""
+    bundles, status = [], {}
+    for path in paths:
+        if not path.is_dir():
+            found = ", ".join(p.name for p in tasks_dir.iterdir() if (p / "task_metadata.json").is_file())
+            raise FinetuneError(f"--task {path.name}: no such bundle in {tasks_dir} (bundles there: {found or 'none'})")
+        try:
+            bundles.append(read_bundle(path, out))
+        except FinetuneError as e:
+            if strict:
+                raise
+            log.warning("skipping %s: %s", path.name, e)
+            status[(path.name, None)] = f"skipped: {e}"
+    return bundles, status
 
 
 def finetune(spec: ModelSpec, tasks_dir: Path, out: Path, recipe: Recipe, seeds=(0, 1, 2), tasks=None) -> dict:
@@ -555,28 +561,15 @@ def finetune(spec: ModelSpec, tasks_dir: Path, out: Path, recipe: Recipe, seeds=
         raise FinetuneError(f"no HEAR bundles (folders with a task_metadata.json) in {tasks_dir}")
     procs = start_processes()
     ddp, rank = procs[0], procs[1]
-    folder = Path(out) / spec.name
-    check_model_folder(spec, recipe, folder)  # every process, before any writes
-    status, bundles = {}, []
-    for turn in ((0,), (1,)) if ddp else ((0,),):  # process 0 first: it may write resampled views
-        if ddp and turn == (1,):
-            dist.barrier()
-        if (rank == 0) != (turn == (0,)):
-            continue
-        for path in paths:  # every bundle checked before any training starts
-            if not path.is_dir():
-                found = ", ".join(p.name for p in Path(tasks_dir).iterdir() if (p / "task_metadata.json").is_file())
-                raise FinetuneError(f"--task {path.name}: no such bundle in {tasks_dir} (bundles there: "
-                                    f"{found or 'none'})")
-            try:
-                bundles.append(read_bundle(path, Path(out)))
-            except FinetuneError as e:
-                if tasks is not None:
-                    raise
-                log.warning("skipping %s: %s", path.name, e)
-                status[(path.name, None)] = f"skipped: {e}"
+    folder, weights = Path(out) / spec.name, _weights_sha256(spec)
+    check_model_folder(weights, recipe, folder)  # every process, before any writes
+    if ddp and rank != 0:
+        dist.barrier()  # process 0 reads the bundles first: it may write their resampled views
+    bundles, status = read_bundles(paths, Path(tasks_dir), Path(out), strict=tasks is not None)
+    if ddp and rank == 0:
+        dist.barrier()
     if rank == 0:
-        write_model_json(spec, recipe, folder)
+        write_model_json(spec, weights, recipe, folder)
     for bundle in bundles:
         features = {}  # fold -> features: computed once for all seeds and splits
         for seed in seeds:
