@@ -18,11 +18,13 @@ Layout under --out, beside the frozen runs of `python -m eval_suites run`:
     NAME/seedK/BUNDLE/test.predicted-scores.json   heareval's layout (folds, aggregated_scores)
     NAME/seedK/BUNDLE/task_metadata.json     a copy: what `results aggregate` labels the task by
     NAME/seedK/BUNDLE/SPLIT.state.safetensors      the split's training state (resume; deleted when done)
+    NAME/seedK/BUNDLE/SPLIT.best.safetensors       the best epoch's weights so far (likewise)
     NAME/seedK/BUNDLE/SPLIT.epochs.csv        per epoch: train loss, validation score, lr, clips/s
 NAME defaults to the checkpoint's name + "-finetuned", so aggregate marks the row.
 
-Resume: a split's state (weights, Adam moments, the best epoch's weights and score) is
-written atomically after every epoch; every random draw (clip order, augmentation, mixup,
+Resume: a split's state (weights, Adam moments, the best epoch and its score) is written
+atomically after every epoch, the best epoch's weights only when the best changes (before
+the state that names it, so the two never disagree); every random draw (clip order, augmentation, mixup,
 the head's initialisation, drop-path) comes from a generator seeded by
 `derive_seed(purpose, seed, bundle, split, epoch, step)`, so a killed run started again
 continues exactly where its last epoch ended and ends with the same weights and scores.
@@ -51,7 +53,7 @@ from .finetune_recipe import FinetuneError, Recipe, parse_patch_stride
 from .runner import SCORES, ModelSpec, _audio_source, _weights_sha256
 
 log = logging.getLogger("eval_suites.finetune")
-STATE_FORMAT = "hear_ssam-finetune/1"
+STATE_FORMAT = "hear_ssam-finetune/2"
 PRETRAINING_ONLY = ("pred.", "cpred.", "mask_token")  # the encoder's heads and mask token: frozen, unused
 
 
@@ -330,24 +332,31 @@ def predict(model: FinetuneModel, feats, steps, bundle: Bundle, device, dtype, b
     return torch.cat(out).numpy()
 
 
-def _state_tensors(model, optimizer, best_state) -> dict:
+def _state_tensors(model, optimizer) -> dict:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"best.{k}": v for k, v in best_state.items()})
     for pid, state in optimizer.state_dict()["state"].items():
         for name, t in state.items():
             tensors[f"optim.{pid}.{name}"] = torch.as_tensor(t).detach().cpu().contiguous()
     return tensors
 
 
-def save_state(path: Path, model, optimizer, best_state, info: dict):
+def save_state(path: Path, model, optimizer, info: dict):
     """The split's training state, atomically (a .tmp renamed over the last one)."""
     from hear_ssam.checkpoint import write_safetensors
-    write_safetensors(path, _state_tensors(model, optimizer, best_state),
+    write_safetensors(path, _state_tensors(model, optimizer),
                       {"finetune": json.dumps({"format": STATE_FORMAT, **info})})
 
 
-def load_state(path: Path, model, optimizer):
-    """(info, best_state) from a state file, the model and optimiser restored in place."""
+def save_best(path: Path, best_state: dict, epoch: int):
+    """The best epoch's weights, atomically; written only when the best epoch changes."""
+    from hear_ssam.checkpoint import write_safetensors
+    write_safetensors(path, {k: v.contiguous() for k, v in best_state.items()},
+                      {"finetune": json.dumps({"format": STATE_FORMAT, "epoch": epoch})})
+
+
+def load_state(path: Path, best_path: Path, model, optimizer):
+    """(info, best_state) from a state file and its best-weights file, the model and
+    optimiser restored in place."""
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         info = json.loads((f.metadata() or {})["finetune"])
@@ -361,7 +370,15 @@ def load_state(path: Path, model, optimizer):
             _, pid, name = key.split(".", 2)
             opt["state"].setdefault(int(pid), {})[name] = t
     optimizer.load_state_dict(opt)
-    return info, {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    if info["best_epoch"] == 0:
+        return info, None
+    with safe_open(str(best_path), framework="pt") as f:
+        saved = json.loads((f.metadata() or {})["finetune"])["epoch"]
+        best_state = {k: f.get_tensor(k) for k in f.keys()}
+    if saved != info["best_epoch"]:  # cannot happen with save_best before save_state; said rather than trusted
+        raise FinetuneError(f"{best_path} holds epoch {saved}, {path} names epoch {info['best_epoch']} as best; "
+                            "delete both to start the split again")
+    return info, best_state
 
 
 def finetune_split(spec: ModelSpec, recipe: Recipe, bundle: Bundle, split: dict, seed: int, folder: Path,
@@ -390,11 +407,12 @@ def finetune_split(spec: ModelSpec, recipe: Recipe, bundle: Bundle, split: dict,
     scaler = torch.amp.GradScaler(device.type, enabled=scaled)
     loss_kind = recipe.loss if recipe.loss != "auto" else ("bce" if bundle.multilabel else "ce")
     state_path = folder / f"{name}.state.safetensors"
+    best_path = folder / f"{name}.best.safetensors"
     log_path = folder / f"{name}.epochs.csv"
-    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    best_state = None
     info = {"epoch": 0, "step": 0, "best_epoch": 0, "best_score": -math.inf}
     if state_path.exists():
-        info, best_state = load_state(state_path, model, optimizer)
+        info, best_state = load_state(state_path, best_path, model, optimizer)
         if info.get("scaler"):
             scaler.load_state_dict(info["scaler"])
         log.info("%s seed %d %s: resuming after epoch %d", bundle.name, seed, name, info["epoch"])
@@ -457,6 +475,7 @@ def finetune_split(spec: ModelSpec, recipe: Recipe, bundle: Bundle, split: dict,
             elif valid_score > info["best_score"]:  # ties keep the earlier epoch
                 info.update(best_score=valid_score, best_epoch=epoch + 1)
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                save_best(best_path, best_state, epoch + 1)
             info["epoch"] = epoch + 1
             info["train_clips_per_s"] = seen / train_s
             new = not log_path.exists()
@@ -464,7 +483,7 @@ def finetune_split(spec: ModelSpec, recipe: Recipe, bundle: Bundle, split: dict,
                 if new:
                     f.write("epoch,train_loss,valid_score,lr,train_clips_per_s\n")
                 f.write(f"{epoch + 1},{np.mean(losses):.6f},{valid_score:.6f},{lr:.3e},{seen / train_s:.2f}\n")
-            save_state(state_path, model, optimizer, best_state, {**info, "recipe": recipe.to_dict()})
+            save_state(state_path, model, optimizer, {**info, "recipe": recipe.to_dict()})
             bar.set_postfix(loss=f"{np.mean(losses):.3f}", valid=f"{valid_score:.3f}", best=info["best_epoch"])
         else:
             info["epoch"] = epoch + 1
@@ -591,8 +610,8 @@ def finetune(spec: ModelSpec, tasks_dir: Path, out: Path, recipe: Recipe, seeds=
                 tmp = target / (SCORES + ".tmp")
                 tmp.write_text(json.dumps(results, indent=1))
                 tmp.replace(target / SCORES)
-                for f in target.glob("*.state.safetensors"):  # the split states served their purpose
-                    f.unlink()
+                for f in [*target.glob("*.state.safetensors"), *target.glob("*.best.safetensors")]:
+                    f.unlink()  # the split states served their purpose
                 primary = results.get("aggregated_scores", {}).get("test_score_mean", results.get("test", {}).get(
                     "test_score"))
                 log.info("%s seed %d on %s: test %s = %.4f", spec.name, seed, bundle.name, bundle.metrics[0], primary)

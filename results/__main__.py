@@ -1,8 +1,9 @@
-"""python -m results aggregate RUNS --out DIR [--model NAME ...]
+"""python -m results aggregate RUNS [RUNS ...] --out DIR [--model NAME ...]
 python -m results families RUNS --out DIR [--throughput-column NAME]
 
 aggregate writes leaderboard.csv (HEAR format), leaderboard.md, scores.csv, overall.csv and
-leaderboard.png into DIR and prints the Markdown leaderboard. families turns the runs of
+leaderboard.png into DIR and prints the Markdown leaderboard; several run folders (a frozen
+run and a fine-tuning run, say) are read as one. families turns the runs of
 `python -m eval_suites families` into the families comparison (results/families.py: scores of
 both probes, leaderboard.md, separation.csv, models.csv, figures, the efficiency tables).
 """
@@ -21,12 +22,12 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("aggregate", help="heareval outputs -> leaderboard CSV/Markdown + chart")
-    a.add_argument("runs", type=Path)
+    a.add_argument("runs", type=Path, nargs="+")
     a.add_argument("--out", type=Path, default=Path("results"))
     a.add_argument("--url", default="", help="URL column of leaderboard.csv (where the models live)")
     a.add_argument("--date", help="Submission Date column of leaderboard.csv (default: each model's run date)")
     a.add_argument("--model", action="append", dest="models", metavar="NAME",
-                   help="only this model folder of RUNS (repeatable; default: every model with scores)")
+                   help="only this model folder of the RUNS (repeatable; default: every model with scores)")
     f = sub.add_parser("families", help="runs of python -m eval_suites families -> tables + figures")
     f.add_argument("runs", type=Path)
     f.add_argument("--out", type=Path, default=Path("results/families"))

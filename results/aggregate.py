@@ -18,8 +18,8 @@ into --out:
 - leaderboard.png   per-task scores with 95 % intervals, one colour per model; baselines
                     grey and hatched, with a dashed line at their score across each task
 - models.csv        per model: the checkpoint it ran (relative to the repository when inside
-                    it) and the file's sha256, baseline or not, suite, date: which weights
-                    made each row
+                    it) and the file's sha256, baseline or not, fine-tuned or frozen, suite,
+                    date: which weights made each row
 Which task a bundle is: a bundle a suite names has that suite's column and metric; any other
 bundle is labelled by its task_name with the first "evaluation" entry of its
 task_metadata.json (the copy in the run's seed or embeddings folder) as primary metric.
@@ -123,6 +123,29 @@ def collect(runs: Path, models=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def collect_runs(folders, models=None) -> pd.DataFrame:
+    """collect() over several run folders (e.g. a frozen run and a fine-tuning run), read as
+    one: a model folder may appear in only one of them (unless `models` leaves it out)."""
+    folders = [Path(f) for f in folders]
+    found = {f: {p.parent.parent.parent.name for p in f.glob(f"*/seed*/*/{SCORES}")} for f in folders}
+    if models is not None:
+        missing = sorted(set(models) - set().union(*found.values()))
+        if missing:
+            raise FileNotFoundError(f"no scores for model(s) {', '.join(missing)} under "
+                                    f"{', '.join(map(str, folders))} (models with scores: "
+                                    f"{', '.join(sorted(set().union(*found.values()))) or 'none'})")
+        found = {f: names & set(models) for f, names in found.items()}
+    seen = {}
+    for f, names in found.items():
+        for name in sorted(names):
+            if name in seen:
+                raise ValueError(f"model {name} has scores in both {seen[name]} and {f}; "
+                                 "keep one with --model, or rename one folder")
+            seen[name] = f
+    frames = [collect(f, sorted(names)) for f, names in found.items() if names]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def _repo_relative(checkpoint: str) -> str:
     """A checkpoint path relative to the repository when it lies inside it (so that the same
     run on another machine writes the same models.csv); other values unchanged."""
@@ -134,7 +157,7 @@ def _repo_relative(checkpoint: str) -> str:
 
 def models_table(raw: pd.DataFrame) -> pd.DataFrame:
     """One row per model: the checkpoint and weights it ran, from its model.json."""
-    cols = ["model", "checkpoint", "weights_sha256", "baseline", "suite", "date"]
+    cols = ["model", "checkpoint", "weights_sha256", "baseline", "finetuned", "suite", "date"]
     return raw[cols].drop_duplicates("model").sort_values("model").reset_index(drop=True)
 
 
@@ -322,10 +345,14 @@ def plot(table: pd.DataFrame, path: Path, baselines: set = frozenset(), labels=N
     plt.close(fig)
 
 
-def aggregate(runs: Path, out: Path, url: str = "", date: str | None = None, models=None) -> dict:
-    raw = collect(Path(runs), models)
+def aggregate(runs, out: Path, url: str = "", date: str | None = None, models=None) -> dict:
+    """runs: one run folder, or several read as one (collect_runs)."""
+    folders = [Path(r) for r in runs] if isinstance(runs, (list, tuple)) else [Path(runs)]
+    raw = collect_runs(folders, models)
     if raw.empty:
-        raise FileNotFoundError(f"no {SCORES} under {runs}/*/seed*/*/ (run python -m eval_suites run first)")
+        raise FileNotFoundError(f"no {SCORES} under {', '.join(f'{f}/*/seed*/*/' for f in folders)} "
+                                "(run python -m eval_suites run first)")
+    runs = ", ".join(map(str, folders))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = summarise(raw)

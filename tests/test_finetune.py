@@ -64,6 +64,7 @@ def test_a_fine_tuned_model_learns_the_task_and_writes_heareval_scores(bundles, 
     epochs = (tmp_path / "tiny-finetuned/seed0/tones-v1.0-full/test.epochs.csv").read_text().splitlines()
     assert len(epochs) == 7 and epochs[0].startswith("epoch,train_loss,valid_score")
     assert not list(tmp_path.rglob("*.state.safetensors"))  # the resume state is gone once scored
+    assert not list(tmp_path.rglob("*.best.safetensors"))
     model = json.loads((tmp_path / "tiny-finetuned/model.json").read_text())
     assert model["finetuned"] is True and model["recipe"]["epochs"] == 6
 
@@ -91,6 +92,8 @@ def test_a_killed_run_resumes_exactly(bundles, ssam_file, tmp_path, monkeypatch)
     monkeypatch.setattr(ft, "save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(ssam_file, bundles, tmp_path / "killed", mixup=0.5)
+    split = tmp_path / "killed/tiny-finetuned/seed0/tones-v1.0-full"
+    assert (split / "test.best.safetensors").exists()  # the resume reads the best epoch's weights back
     monkeypatch.setattr(ft, "save_state", real_save)
     run(ssam_file, bundles, tmp_path / "killed", mixup=0.5)
     log = "tiny-finetuned/seed0/tones-v1.0-full/test.epochs.csv"

@@ -189,6 +189,27 @@ def test_models_csv_names_the_weights_of_every_row(tmp_path):
     models = pd.read_csv(aggregate(runs, tmp_path / "out")["models"], keep_default_na=False)
     assert models.to_dict("records") == [
         {"model": "logmel", "checkpoint": "built-in logmel baseline (no weights)", "weights_sha256": "",
-         "baseline": True, "suite": "", "date": "2026-11-22"},
+         "baseline": True, "finetuned": False, "suite": "", "date": "2026-11-22"},
         {"model": "ssam", "checkpoint": "results/checkpoints/x.safetensors", "weights_sha256": "ab" * 32,
-         "baseline": False, "suite": "", "date": "2026-11-22"}]
+         "baseline": False, "finetuned": False, "suite": "", "date": "2026-11-22"}]
+
+
+def test_several_run_folders_are_read_as_one(tmp_path):
+    frozen, tuned = tmp_path / "frozen", tmp_path / "tuned"
+    for seed in (0, 1):
+        _write(frozen, "ssam", seed, "esc50-v2.0.0-full", 0.5)
+        _write(frozen, "stale", seed, "esc50-v2.0.0-full", 0.1)
+        _write(tuned, "ssam-finetuned", seed, "esc50-v2.0.0-full", 0.7, finetuned=True)
+        _write(tuned, "stale", seed, "esc50-v2.0.0-full", 0.2)
+    r = subprocess.run([sys.executable, "-m", "results", "aggregate", str(frozen), str(tuned), "--out",
+                        str(tmp_path / "o"), "--model", "ssam", "--model", "ssam-finetuned"],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert r.returncode == 0, r.stderr
+    scores = pd.read_csv(tmp_path / "o" / "scores.csv").set_index("model")["mean"].to_dict()
+    assert scores == {"ssam": 0.5, "ssam-finetuned": 0.7}
+    models = pd.read_csv(tmp_path / "o" / "models.csv").set_index("model")["finetuned"].to_dict()
+    assert models == {"ssam": False, "ssam-finetuned": True}
+    with pytest.raises(ValueError, match=f"model stale has scores in both {frozen} and {tuned}"):
+        aggregate([frozen, tuned], tmp_path / "p")
+    with pytest.raises(FileNotFoundError, match=r"model\(s\) ssast under .*frozen, .*tuned"):
+        aggregate([frozen, tuned], tmp_path / "p", models=["ssast"])
