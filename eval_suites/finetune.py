@@ -18,14 +18,15 @@ Layout under --out, beside the frozen runs of `python -m eval_suites run`:
     NAME/seedK/BUNDLE/test.predicted-scores.json   heareval's layout (folds, aggregated_scores)
     NAME/seedK/BUNDLE/task_metadata.json     a copy: what `results aggregate` labels the task by
     NAME/seedK/BUNDLE/SPLIT.state.safetensors      the split's training state (resume; deleted when done)
-    NAME/seedK/BUNDLE/SPLIT.best.safetensors       the best epoch's weights so far (likewise)
+    NAME/seedK/BUNDLE/SPLIT.best-epochE.safetensors  the best epoch's weights so far (likewise)
     NAME/seedK/BUNDLE/SPLIT.epochs.csv        per epoch: train loss, validation score, lr, clips/s
 NAME defaults to the checkpoint's name + "-finetuned", so aggregate marks the row.
 
 Resume: a split's state (weights, Adam moments, the best epoch and its score) is written
-atomically after every epoch, the best epoch's weights only when the best changes (before
-the state that names it, so the two never disagree); every random draw (clip order, augmentation, mixup,
-the head's initialisation, drop-path) comes from a generator seeded by
+atomically after every epoch; the best epoch's weights only when the best changes, to a file
+named by its epoch, written before the state that names it and the previous one deleted
+after, so whenever a run dies the state's best epoch has its file. Every random draw (clip
+order, augmentation, mixup, the head's initialisation, drop-path) comes from a generator seeded by
 `derive_seed(purpose, seed, bundle, split, epoch, step)`, so a killed run started again
 continues exactly where its last epoch ended and ends with the same weights and scores.
 """
@@ -347,16 +348,19 @@ def save_state(path: Path, model, optimizer, info: dict):
                       {"finetune": json.dumps({"format": STATE_FORMAT, **info})})
 
 
-def save_best(path: Path, best_state: dict, epoch: int):
+def best_path(folder: Path, split: str, epoch: int) -> Path:
+    return folder / f"{split}.best-epoch{epoch}.safetensors"
+
+
+def save_best(path: Path, best_state: dict):
     """The best epoch's weights, atomically; written only when the best epoch changes."""
     from hear_ssam.checkpoint import write_safetensors
-    write_safetensors(path, {k: v.contiguous() for k, v in best_state.items()},
-                      {"finetune": json.dumps({"format": STATE_FORMAT, "epoch": epoch})})
+    write_safetensors(path, {k: v.contiguous() for k, v in best_state.items()}, {"finetune": STATE_FORMAT})
 
 
-def load_state(path: Path, best_path: Path, model, optimizer):
-    """(info, best_state) from a state file and its best-weights file, the model and
-    optimiser restored in place."""
+def load_state(path: Path, folder: Path, split: str, model, optimizer, read_best: bool):
+    """(info, best_state) from a state file and the best-weights file it names (read only
+    where `read_best`: process 0 alone scores), the model and optimiser restored in place."""
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         info = json.loads((f.metadata() or {})["finetune"])
@@ -370,15 +374,14 @@ def load_state(path: Path, best_path: Path, model, optimizer):
             _, pid, name = key.split(".", 2)
             opt["state"].setdefault(int(pid), {})[name] = t
     optimizer.load_state_dict(opt)
-    if info["best_epoch"] == 0:
+    if info["best_epoch"] == 0 or not read_best:
         return info, None
-    with safe_open(str(best_path), framework="pt") as f:
-        saved = json.loads((f.metadata() or {})["finetune"])["epoch"]
-        best_state = {k: f.get_tensor(k) for k in f.keys()}
-    if saved != info["best_epoch"]:  # cannot happen with save_best before save_state; said rather than trusted
-        raise FinetuneError(f"{best_path} holds epoch {saved}, {path} names epoch {info['best_epoch']} as best; "
-                            "delete both to start the split again")
-    return info, best_state
+    best = best_path(folder, split, info["best_epoch"])
+    if not best.is_file():
+        raise FinetuneError(f"{path} names {best.name} as its best epoch's weights, and that file is missing; "
+                            f"delete {path.name} to start the split again")
+    from safetensors.torch import load_file
+    return info, load_file(str(best))
 
 
 def finetune_split(spec: ModelSpec, recipe: Recipe, bundle: Bundle, split: dict, seed: int, folder: Path,
@@ -407,12 +410,11 @@ def finetune_split(spec: ModelSpec, recipe: Recipe, bundle: Bundle, split: dict,
     scaler = torch.amp.GradScaler(device.type, enabled=scaled)
     loss_kind = recipe.loss if recipe.loss != "auto" else ("bce" if bundle.multilabel else "ce")
     state_path = folder / f"{name}.state.safetensors"
-    best_path = folder / f"{name}.best.safetensors"
     log_path = folder / f"{name}.epochs.csv"
     best_state = None
     info = {"epoch": 0, "step": 0, "best_epoch": 0, "best_score": -math.inf}
     if state_path.exists():
-        info, best_state = load_state(state_path, best_path, model, optimizer)
+        info, best_state = load_state(state_path, folder, name, model, optimizer, read_best=rank == 0)
         if info.get("scaler"):
             scaler.load_state_dict(info["scaler"])
         log.info("%s seed %d %s: resuming after epoch %d", bundle.name, seed, name, info["epoch"])
@@ -475,7 +477,7 @@ def finetune_split(spec: ModelSpec, recipe: Recipe, bundle: Bundle, split: dict,
             elif valid_score > info["best_score"]:  # ties keep the earlier epoch
                 info.update(best_score=valid_score, best_epoch=epoch + 1)
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                save_best(best_path, best_state, epoch + 1)
+                save_best(best_path(folder, name, epoch + 1), best_state)
             info["epoch"] = epoch + 1
             info["train_clips_per_s"] = seen / train_s
             new = not log_path.exists()
@@ -484,6 +486,9 @@ def finetune_split(spec: ModelSpec, recipe: Recipe, bundle: Bundle, split: dict,
                     f.write("epoch,train_loss,valid_score,lr,train_clips_per_s\n")
                 f.write(f"{epoch + 1},{np.mean(losses):.6f},{valid_score:.6f},{lr:.3e},{seen / train_s:.2f}\n")
             save_state(state_path, model, optimizer, {**info, "recipe": recipe.to_dict()})
+            for old in folder.glob(f"{name}.best-epoch*.safetensors"):  # after the state naming the new one
+                if old != best_path(folder, name, info["best_epoch"]):
+                    old.unlink()
             bar.set_postfix(loss=f"{np.mean(losses):.3f}", valid=f"{valid_score:.3f}", best=info["best_epoch"])
         else:
             info["epoch"] = epoch + 1
@@ -517,6 +522,14 @@ def _aggregate(results: dict) -> dict:
     from heareval.predictions.task_predictions import aggregate_test_results
     return aggregate_test_results({k: {s: v for s, v in r.items() if isinstance(v, (int, float))}
                                    for k, r in results.items()})
+
+
+def remove_split_states(target: Path) -> None:
+    """Delete the split states of a scored bundle: they served their purpose (unfinished
+    .tmp writes included)."""
+    for pattern in ("*.state.safetensors", "*.best-epoch*.safetensors", "*.safetensors.tmp"):
+        for f in target.glob(pattern):
+            f.unlink()
 
 
 def check_model_folder(weights: str, recipe: Recipe, folder: Path) -> None:
@@ -594,6 +607,8 @@ def finetune(spec: ModelSpec, tasks_dir: Path, out: Path, recipe: Recipe, seeds=
         for seed in seeds:
             target = folder / f"seed{seed}" / bundle.name
             if (target / SCORES).exists():
+                if rank == 0:
+                    remove_split_states(target)  # left by a run killed between its scores and its cleanup
                 status[(bundle.name, seed)] = "done"
                 continue
             target.mkdir(parents=True, exist_ok=True)
@@ -610,8 +625,7 @@ def finetune(spec: ModelSpec, tasks_dir: Path, out: Path, recipe: Recipe, seeds=
                 tmp = target / (SCORES + ".tmp")
                 tmp.write_text(json.dumps(results, indent=1))
                 tmp.replace(target / SCORES)
-                for f in [*target.glob("*.state.safetensors"), *target.glob("*.best.safetensors")]:
-                    f.unlink()  # the split states served their purpose
+                remove_split_states(target)
                 primary = results.get("aggregated_scores", {}).get("test_score_mean", results.get("test", {}).get(
                     "test_score"))
                 log.info("%s seed %d on %s: test %s = %.4f", spec.name, seed, bundle.name, bundle.metrics[0], primary)

@@ -1,6 +1,7 @@
 """heareval outputs -> leaderboards people read (Markdown, chart) and the HEAR CSV format.
 
     python -m results aggregate runs/eval --out results/
+    python -m results aggregate runs/frozen runs/finetune --out results/both   # several folders, read as one
 
 Reads RUNS/MODEL/seedK/TASK/test.predicted-scores.json (+ RUNS/MODEL/model.json) and writes
 into --out:
@@ -128,6 +129,10 @@ def collect_runs(folders, models=None) -> pd.DataFrame:
     one: a model folder may appear in only one of them (unless `models` leaves it out)."""
     folders = [Path(f) for f in folders]
     found = {f: {p.parent.parent.parent.name for p in f.glob(f"*/seed*/*/{SCORES}")} for f in folders}
+    empty = [str(f) for f, names in found.items() if not names]
+    if empty and len(folders) > 1:  # (one folder: aggregate's own message)
+        raise FileNotFoundError(f"no {SCORES} under {', '.join(f'{f}/*/seed*/*/' for f in empty)}: "
+                                "is the folder name right?")
     if models is not None:
         missing = sorted(set(models) - set().union(*found.values()))
         if missing:
@@ -139,8 +144,8 @@ def collect_runs(folders, models=None) -> pd.DataFrame:
     for f, names in found.items():
         for name in sorted(names):
             if name in seen:
-                raise ValueError(f"model {name} has scores in both {seen[name]} and {f}; "
-                                 "keep one with --model, or rename one folder")
+                raise ValueError(f"model {name} has scores in both {seen[name]} and {f}; leave it out by naming "
+                                 "the other models with --model, or rename one of the folders")
             seen[name] = f
     frames = [collect(f, sorted(names)) for f, names in found.items() if names]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

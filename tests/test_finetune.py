@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 import torch
 
 import hear_ssam
@@ -64,7 +65,7 @@ def test_a_fine_tuned_model_learns_the_task_and_writes_heareval_scores(bundles, 
     epochs = (tmp_path / "tiny-finetuned/seed0/tones-v1.0-full/test.epochs.csv").read_text().splitlines()
     assert len(epochs) == 7 and epochs[0].startswith("epoch,train_loss,valid_score")
     assert not list(tmp_path.rglob("*.state.safetensors"))  # the resume state is gone once scored
-    assert not list(tmp_path.rglob("*.best.safetensors"))
+    assert not list(tmp_path.rglob("*.best-epoch*.safetensors"))
     model = json.loads((tmp_path / "tiny-finetuned/model.json").read_text())
     assert model["finetuned"] is True and model["recipe"]["epochs"] == 6
 
@@ -81,26 +82,36 @@ def test_results_aggregate_marks_fine_tuned_rows(bundles, ssam_file, tmp_path):
 
 def test_a_killed_run_resumes_exactly(bundles, ssam_file, tmp_path, monkeypatch):
     run(ssam_file, bundles, tmp_path / "whole", mixup=0.5)
-    real_save = ft.save_state
-    calls = []
-
-    def save_then_die(path, *args):
-        real_save(path, *args)
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # killed after its second epoch was saved
-    monkeypatch.setattr(ft, "save_state", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run(ssam_file, bundles, tmp_path / "killed", mixup=0.5)
-    split = tmp_path / "killed/tiny-finetuned/seed0/tones-v1.0-full"
-    assert (split / "test.best.safetensors").exists()  # the resume reads the best epoch's weights back
-    monkeypatch.setattr(ft, "save_state", real_save)
-    run(ssam_file, bundles, tmp_path / "killed", mixup=0.5)
     log = "tiny-finetuned/seed0/tones-v1.0-full/test.epochs.csv"
-    losses = [[line.split(",")[:3] for line in (tmp_path / d / log).read_text().splitlines()] for d in ("whole", "killed")]
-    assert losses[0] == losses[1] and len(losses[0]) == 5  # every epoch's loss and validation score
-    a, b = scores_of(tmp_path / "whole")["test"], scores_of(tmp_path / "killed")["test"]
-    assert (a["test_score"], a["epoch"]) == (b["test_score"], b["epoch"])
+    whole = [line.split(",")[:3] for line in (tmp_path / "whole" / log).read_text().splitlines()]
+    assert len(whole) == 5  # the header and 4 epochs
+    real_save = ft.save_state
+    # Killed after epoch 2's state; before it (a best file newer than the state may exist);
+    # after the last epoch (the resume trains nothing and scores the best file's weights).
+    for when, call in (("after", 2), ("before", 2), ("after", 4)):
+        out, calls = tmp_path / f"killed_{when}_{call}", []
+
+        def save_then_die(path, *args):
+            calls.append(path)
+            if when == "before" and len(calls) == call:
+                raise KeyboardInterrupt
+            real_save(path, *args)
+            if when == "after" and len(calls) == call:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(ft, "save_state", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run(ssam_file, bundles, out, mixup=0.5)
+        split = out / "tiny-finetuned/seed0/tones-v1.0-full"
+        with safe_open(str(split / "test.state.safetensors"), framework="pt") as f:
+            best = json.loads(f.metadata()["finetune"])["best_epoch"]
+        assert (split / f"test.best-epoch{best}.safetensors").is_file()  # what the resume reads back
+        monkeypatch.setattr(ft, "save_state", real_save)
+        run(ssam_file, bundles, out, mixup=0.5)
+        killed = [line.split(",")[:3] for line in (out / log).read_text().splitlines()]
+        assert killed == whole, (when, call)  # every epoch's loss and validation score
+        a, b = scores_of(tmp_path / "whole")["test"], scores_of(out)["test"]
+        assert (a["test_score"], a["epoch"]) == (b["test_score"], b["epoch"]), (when, call)
+        assert not list(split.glob("*.safetensors*"))  # states, best weights and .tmp files are gone
 
 
 def test_ssasts_schedule_warm_up_decay_and_early_stop():

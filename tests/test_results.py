@@ -2,6 +2,7 @@
 the Markdown leaderboard, columns of several bundles, bundles no suite knows."""
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -209,7 +210,9 @@ def test_several_run_folders_are_read_as_one(tmp_path):
     assert scores == {"ssam": 0.5, "ssam-finetuned": 0.7}
     models = pd.read_csv(tmp_path / "o" / "models.csv").set_index("model")["finetuned"].to_dict()
     assert models == {"ssam": False, "ssam-finetuned": True}
-    with pytest.raises(ValueError, match=f"model stale has scores in both {frozen} and {tuned}"):
+    with pytest.raises(ValueError, match=re.escape(f"model stale has scores in both {frozen} and {tuned}")):
         aggregate([frozen, tuned], tmp_path / "p")
     with pytest.raises(FileNotFoundError, match=r"model\(s\) ssast under .*frozen, .*tuned"):
         aggregate([frozen, tuned], tmp_path / "p", models=["ssast"])
+    with pytest.raises(FileNotFoundError, match=re.escape(f"no test.predicted-scores.json under {tmp_path}/tunned/")):
+        aggregate([frozen, tmp_path / "tunned"], tmp_path / "p")  # a mistyped folder is not read as empty
