@@ -141,7 +141,7 @@ def family_name(encoder) -> str:
     return family.name if family else "custom"
 
 
-def resolve_stride(recipe: Recipe, encoder):
+def resolve_stride(recipe: Recipe, encoder, family: str):
     """(time, freq) stride of the run, or None (the checkpoint's own, non-overlapping patches).
 
     auto: SSAST's fine-tuning geometry (stride 10 where a patch is wider than 10) for the
@@ -149,7 +149,7 @@ def resolve_stride(recipe: Recipe, encoder):
     stride = parse_patch_stride(recipe.patch_stride)
     if stride != "auto":
         return stride
-    if family_name(encoder) not in ("ssast", "ssamba"):
+    if family not in ("ssast", "ssamba"):
         return None
     cfg = encoder.cfg
     stride = (min(10, cfg.patch_time), min(10, cfg.patch_freq))
@@ -183,7 +183,8 @@ def build_model(spec: ModelSpec, recipe: Recipe, bundle: Bundle, head_seed: int)
         raise FinetuneError(f"model {spec.name} is the log-mel baseline: it has no weights to fine-tune")
     encoder = plugin.encoder
     frames = window_frames(recipe, plugin, bundle)
-    stride = resolve_stride(recipe, encoder) or (encoder.cfg.patch_stride_time, encoder.cfg.patch_stride_freq)
+    family = family_name(encoder)
+    stride = resolve_stride(recipe, encoder, family) or (encoder.cfg.patch_stride_time, encoder.cfg.patch_stride_freq)
     check_stride(stride, encoder.cfg)
     if encoder.cfg.positions == "sincos" and encoder.cfg.patch_order == "time-major":
         if frames != encoder.cfg.crop_frames:  # the fixed table extended by its formula
@@ -195,11 +196,11 @@ def build_model(spec: ModelSpec, recipe: Recipe, bundle: Bundle, head_seed: int)
         if name.startswith(PRETRAINING_ONLY):
             p.requires_grad_(False)
     pooling = recipe.pooling if recipe.pooling != "auto" else \
-        ("tokens" if family_name(encoder) in ("ssast", "ssamba") else "frames")
+        ("tokens" if family in ("ssast", "ssamba") else "frames")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(head_seed)
         model = FinetuneModel(encoder, len(bundle.labels), pooling)
-    geometry = {"family": family_name(encoder), "window_frames": encoder.cfg.crop_frames,
+    geometry = {"family": family, "window_frames": encoder.cfg.crop_frames,
                 "grid": list(encoder.cfg.grid), "patch": [encoder.cfg.patch_time, encoder.cfg.patch_freq],
                 "stride": [encoder.cfg.patch_stride_time, encoder.cfg.patch_stride_freq], "pooling": pooling}
     return model, plugin, geometry
