@@ -592,6 +592,7 @@ def finetune(spec: ModelSpec, tasks_dir: Path, out: Path, recipe: Recipe, seeds=
         if tasks is None else [Path(tasks_dir) / t for t in tasks]
     if not paths:
         raise FinetuneError(f"no HEAR bundles (folders with a task_metadata.json) in {tasks_dir}")
+    own_group = not dist.is_initialized()  # a caller's own process group is left to the caller
     procs = start_processes()
     ddp, rank = procs[0], procs[1]
     folder, weights = Path(out) / spec.name, _weights_sha256(spec)
@@ -631,4 +632,10 @@ def finetune(spec: ModelSpec, tasks_dir: Path, out: Path, recipe: Recipe, seeds=
                     "test_score"))
                 log.info("%s seed %d on %s: test %s = %.4f", spec.name, seed, bundle.name, bundle.metrics[0], primary)
             status[(bundle.name, seed)] = "done"
+    if ddp and own_group:
+        # The barrier waits for process 0's score files: a gloo group torn down while a peer
+        # still works aborts the process. Not after an error, where the others may sit in a
+        # collective and tearing down would hang.
+        dist.barrier()
+        dist.destroy_process_group()
     return status

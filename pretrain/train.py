@@ -344,8 +344,12 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
         bar.close()
         if metrics:
             metrics.close()
-        if ddp:
-            dist.destroy_process_group()
+    if ddp:
+        # Only after a loop every rank left at the same step (an error may leave the others
+        # inside a collective, where tearing down would hang). The barrier waits for rank 0's
+        # checkpoint: a gloo group torn down while a peer still works aborts the process.
+        dist.barrier()
+        dist.destroy_process_group()
 
     if step < total:  # stopped on a signal, its step saved
         if main_proc:
