@@ -1,5 +1,6 @@
-"""Audits of the main job's committed leaderboard (results/mini/): it names the weights it ran,
-those are the committed files, and the README quotes its table as it stands."""
+"""Audits of the committed leaderboards (results/mini/, results/families/,
+results/finetune_mini/): they name the weights they ran, those are the committed files, and the
+README and docs quote their tables as they stand."""
 import csv
 import hashlib
 import re
@@ -81,3 +82,24 @@ def test_the_readme_quotes_the_families_comparison():
     for r in scores.itertuples():
         name = f"{r.model} (baseline)" if r.model == "logmel" else r.model
         assert quoted[name][r.label].strip("*") == f"{r.mean:.3f} ± {r.ci95:.3f}", (r.model, r.label)
+
+
+def test_the_finetuning_doc_quotes_its_leaderboards_and_their_weights_are_committed():
+    """docs/finetuning.md's Measured table is results/finetune_mini's (ssamba-tiny's rows from its
+    ssamba/ subfolder), and each fine-tuned row started from the file its frozen row probed."""
+    doc = (ROOT / "docs" / "finetuning.md").read_text()
+    quoted = markdown_rows(doc[doc.index("## Measured"):])
+    board = {}
+    for folder in (ROOT / "results" / "finetune_mini", ROOT / "results" / "finetune_mini" / "ssamba"):
+        board.update(markdown_rows((folder / "leaderboard.md").read_text()))
+        models = pd.read_csv(folder / "models.csv").set_index("model")
+        for name, row in models.iterrows():
+            assert sha256(ROOT / row.checkpoint) == row.weights_sha256, name
+            assert row.finetuned == name.endswith("-finetuned"), name
+            frozen = name.removesuffix("-finetuned")
+            assert models.loc[frozen, "weights_sha256"] == row.weights_sha256, name
+    assert set(quoted) <= set(board) and len(quoted) >= 6
+    for model, cells in quoted.items():
+        for column, value in cells.items():
+            if column != "Model":
+                assert value.strip("*") == board[model][column].strip("*"), (model, column)
