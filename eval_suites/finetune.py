@@ -634,8 +634,8 @@ def finetune(spec: ModelSpec, tasks_dir: Path, out: Path, recipe: Recipe, seeds=
             status[(bundle.name, seed)] = "done"
     if ddp and own_group:
         # The barrier waits for process 0's score files: a gloo group torn down while a peer
-        # still works aborts the process. Not after an error, where the others may sit in a
-        # collective and tearing down would hang.
+        # still works aborts the process. Not after an error: the others may sit in a
+        # collective, and waiting for them would hang.
         dist.barrier()
         dist.destroy_process_group()
     return status

@@ -345,8 +345,8 @@ def train(cfg: TrainConfig, data: str, out: Path, resume: bool = False, cache_di
         if metrics:
             metrics.close()
     if ddp:
-        # Only after a loop every rank left at the same step (an error may leave the others
-        # inside a collective, where tearing down would hang). The barrier waits for rank 0's
+        # Only after a loop every rank left at the same step (after an error the others may
+        # sit in a collective, and waiting for them would hang). The barrier waits for rank 0's
         # checkpoint: a gloo group torn down while a peer still works aborts the process.
         dist.barrier()
         dist.destroy_process_group()
