@@ -334,6 +334,11 @@ def predict(model: FinetuneModel, feats, steps, bundle: Bundle, device, dtype, b
     return torch.cat(out).numpy()
 
 
+def cpu_weights(model) -> dict:
+    """A copy of the model's weights on the CPU (the best epoch's, kept while training goes on)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 def _state_tensors(model, optimizer) -> dict:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for pid, state in optimizer.state_dict()["state"].items():
@@ -477,7 +482,7 @@ def finetune_split(spec: ModelSpec, recipe: Recipe, bundle: Bundle, split: dict,
                             bundle.metrics[0])
             elif valid_score > info["best_score"]:  # ties keep the earlier epoch
                 info.update(best_score=valid_score, best_epoch=epoch + 1)
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best_state = cpu_weights(model)
                 save_best(best_path(folder, name, epoch + 1), best_state)
             info["epoch"] = epoch + 1
             info["train_clips_per_s"] = seen / train_s
@@ -506,7 +511,7 @@ def finetune_split(spec: ModelSpec, recipe: Recipe, bundle: Bundle, split: dict,
     if info["best_epoch"] == 0:  # no epoch had a validation score
         log.warning("%s seed %d test=%s: no epoch had a validation score; scoring the last epoch",
                     bundle.name, seed, name)
-        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        best_state = cpu_weights(model)
         info["best_epoch"] = info["epoch"]
     model.load_state_dict(best_state)
     result = score(bundle, predict(model, test[0], test[1], bundle, device, dtype, 2 * per_step), test[2].numpy())
